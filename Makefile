@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up first.
+SHELL := /bin/bash
+VENV := .venv/bin
+
+.PHONY: setup demo test lint typecheck unit integration e2e bench clean
+
+setup:
+	@scripts/setup.sh
+
+## The main job on the built-in defaults.
+demo: setup
+	$(VENV)/tracekit guest run
+
+## Everything: lint, type check, then every test tier (unit, integration, e2e).
+test: setup lint typecheck
+	$(VENV)/pytest -m "unit or integration or e2e" tests
+
+lint:
+	$(VENV)/ruff check tracekit tests
+	$(VENV)/ruff format --check tracekit tests
+
+typecheck:
+	$(VENV)/mypy
+
+unit:
+	$(VENV)/pytest -m unit tests
+
+integration:
+	$(VENV)/pytest -m integration tests
+
+e2e:
+	$(VENV)/pytest -m e2e tests
+
+clean:
+	rm -rf .venv build .pytest_cache .mypy_cache .ruff_cache

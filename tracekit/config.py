@@ -1,0 +1,311 @@
+"""Configuration as data: TOML files in ``configs/`` loaded into typed, frozen objects.
+
+Every loader is strict: an unknown key, a missing key or a value of the wrong type is a
+:class:`~tracekit.errors.ConfigError` that names the file, the key and the fix ("did you
+mean ...?"). Objects are passed explicitly; nothing here is a module-level singleton.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tracekit.errors import ConfigError, ScenarioError
+
+__all__ = [
+    "CONFIG_DIR",
+    "REPO_ROOT",
+    "GuestConfig",
+    "MachineProfile",
+    "ScenarioSpec",
+    "ToolPaths",
+    "cache_dir",
+    "from_mapping",
+    "load_guest_config",
+    "load_machine",
+    "load_scenarios",
+    "load_toml",
+    "load_tools",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = Path(os.environ.get("TRACEKIT_CONFIG_DIR", REPO_ROOT / "configs"))
+
+T = TypeVar("T")
+
+
+def cache_dir() -> Path:
+    """Where built guest assets live: ``$TRACEKIT_CACHE`` or ``~/.cache/tracekit``.
+
+    Outside the work tree so that a fresh clone (as CI makes) reuses what an earlier run
+    built on the same machine; every entry is keyed by the hash of its inputs.
+    """
+    env = os.environ.get("TRACEKIT_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tracekit"
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read one TOML file, turning every failure into a one-line ConfigError."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist", hint="check the path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc})", hint="fix the syntax") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arm in args:
+            if arm is type(None):
+                continue
+            try:
+                return _convert(value, arm, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{where} is {value!r}", hint=f"expected one of {choices}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} should be a list, got {type(value).__name__}")
+        item_tp = args[0] if args else Any
+        return tuple(_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} should be a table, got {type(value).__name__}")
+        ktp, vtp = args if args else (Any, Any)
+        return {
+            _convert(k, ktp, f"{where} key"): _convert(v, vtp, f"{where}.{k}")
+            for k, v in value.items()
+        }
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} should be a table, got {type(value).__name__}")
+        return from_mapping(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} should be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} should be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} should be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} should be a string, got {value!r}")
+        return value
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{where} should be {_type_name(tp)}, got {value!r}")
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+    """Build the frozen dataclass ``cls`` from ``data``, rejecting unknown or missing keys."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields)}"
+            raise ConfigError(f"{where}: unknown key {key!r}", hint=hint)
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: missing key {name!r}", hint="add it to the file")
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- machines
+
+
+@dataclass(frozen=True)
+class MachineProfile:
+    """How QEMU is started: the emulated board, L1's memory/CPUs and kernel command line."""
+
+    name: str
+    description: str
+    #: ``vhe`` (L1's KVM runs at EL2 with the host kernel) or ``nvhe`` (host at EL1).
+    kvm_mode: typing.Literal["vhe", "nvhe"]
+    memory_mb: int
+    cpus: int
+    machine: str
+    cpu: str
+    #: Kernel command line, one argument per entry.
+    cmdline: tuple[str, ...]
+    #: ``-icount`` option value, or "" for multi-threaded TCG (see docs/timebase.md).
+    icount: str = ""
+    #: Extra QEMU arguments, appended verbatim.
+    extra_args: tuple[str, ...] = ()
+    #: Seconds L1 may take from launch to the init's ready line.
+    boot_timeout_s: int = 120
+
+
+def load_machine(name_or_path: str, config_dir: Path | None = None) -> MachineProfile:
+    """Load ``configs/machines/NAME.toml`` (or a path to a TOML file)."""
+    base = config_dir or CONFIG_DIR
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = base / "machines" / f"{name_or_path}.toml"
+        if not path.exists():
+            known = sorted(p.stem for p in (base / "machines").glob("*.toml"))
+            raise ConfigError(
+                f"unknown machine profile {name_or_path!r}",
+                hint=f"choose one of {', '.join(known)} or pass a .toml path",
+            )
+    return from_mapping(MachineProfile, load_toml(path), str(path))
+
+
+# --------------------------------------------------------------------------- guest
+
+
+@dataclass(frozen=True)
+class KernelSource:
+    """Where the L1 kernel comes from: a Debian package, resolved at build time."""
+
+    #: Debian metapackage that depends on the current ABI's image package.
+    package: str
+    architecture: str
+    #: Members whose offsets the probes read, taken from the kernel's BTF at build time.
+    btf_members: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BusyboxSource:
+    package: str
+    architecture: str
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    """The built-in L1 + L2 target (see ``configs/guest.toml``)."""
+
+    kernel: KernelSource
+    busybox: BusyboxSource
+    #: Source directory of the L2 VMM and payload (relative to the repository).
+    vmm_source: str
+    #: Source of L1's /init (relative to the repository).
+    init_source: str
+
+
+def load_guest_config(path: Path | None = None) -> GuestConfig:
+    p = path or CONFIG_DIR / "guest.toml"
+    return from_mapping(GuestConfig, load_toml(p), str(p))
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    """One L2 workload scenario (see ``configs/scenarios.toml``)."""
+
+    name: str
+    description: str
+    default_count: int
+    min_vcpus: int
+    #: Interrupt classes the scenario produces (hardware, virtual, ipi).
+    classes: tuple[str, ...]
+    #: Exception kinds the scenario produces (hvc, wfi, mmio, sysreg).
+    exceptions: tuple[str, ...] = ()
+    #: Seconds of L1 time the scenario may take per interrupt counted, before it is a hang.
+    timeout_s: int = 300
+
+
+@dataclass(frozen=True)
+class _ScenarioFile:
+    default: str
+    scenario: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScenarioCatalog:
+    default: str
+    scenarios: Mapping[str, ScenarioSpec]
+
+    def get(self, name: str) -> ScenarioSpec:
+        try:
+            return self.scenarios[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self.scenarios), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else ""
+            raise ScenarioError(
+                f"unknown scenario {name!r} (known: {', '.join(self.scenarios)})", hint=hint or None
+            ) from None
+
+
+def load_scenarios(path: Path | None = None) -> ScenarioCatalog:
+    p = path or CONFIG_DIR / "scenarios.toml"
+    raw = from_mapping(_ScenarioFile, load_toml(p), str(p))
+    specs = {
+        name: from_mapping(ScenarioSpec, {"name": name, **body}, f"{p}: scenario.{name}")
+        for name, body in raw.scenario.items()
+    }
+    if raw.default not in specs:
+        raise ConfigError(f"{p}: default scenario {raw.default!r} is not defined")
+    return ScenarioCatalog(default=raw.default, scenarios=specs)
+
+
+# --------------------------------------------------------------------------- tools
+
+
+@dataclass(frozen=True)
+class ToolPaths:
+    """External programs; each may be overridden by ``TRACEKIT_<NAME>`` in the environment."""
+
+    qemu: str
+    gdb: str
+    cross_gcc: str
+    host_gcc: str
+    cpio: str
+    apt_get: str
+    dpkg_deb: str
+
+
+def load_tools(path: Path | None = None, env: Mapping[str, str] | None = None) -> ToolPaths:
+    p = path or CONFIG_DIR / "tools.toml"
+    tools = from_mapping(ToolPaths, load_toml(p), str(p))
+    environ = os.environ if env is None else env
+    overrides = {
+        f.name: environ[f"TRACEKIT_{f.name.upper()}"]
+        for f in dataclasses.fields(ToolPaths)
+        if f"TRACEKIT_{f.name.upper()}" in environ
+    }
+    return dataclasses.replace(tools, **overrides)

@@ -1,0 +1,99 @@
+"""The one exception hierarchy of tracekit.
+
+Every error tracekit raises on purpose derives from :class:`TracekitError`. The CLI turns
+these into a one-line message and exit code 2 (bad input, missing piece) or 1 (the tool ran
+but found a problem); any other exception is a bug and only shows a traceback with
+``--debug``.
+
+::
+
+    TracekitError
+     +-- ConfigError            a TOML file in configs/ or given by the user is wrong
+     +-- EnvironmentProblem     a tool, package or asset is missing
+     +-- GuestBuildError        building the L1 kernel/initramfs/L2 assets failed
+     +-- KernelImageError       a kernel image is not what we need (not arm64, no KVM, no BTF...)
+     +-- SymbolError            a probed symbol or struct member cannot be resolved
+     +-- ScenarioError          unknown scenario or bad scenario options
+     +-- VMError                QEMU could not start, died, or stopped responding
+     +-- DebuggerError          GDB could not attach or misbehaved
+     +-- TraceFileError         a .pftrace or raw event log cannot be read or written
+     +-- GroundTruthError       the workload's own counters disagree (exit code 1)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TracekitError",
+    "ConfigError",
+    "EnvironmentProblem",
+    "GuestBuildError",
+    "KernelImageError",
+    "SymbolError",
+    "ScenarioError",
+    "VMError",
+    "DebuggerError",
+    "TraceFileError",
+    "GroundTruthError",
+]
+
+
+class TracekitError(Exception):
+    """Root of every error tracekit raises on purpose.
+
+    :param message: what was expected and what happened, in one line.
+    :param hint: what the user can do about it (appended after "; ").
+    """
+
+    exit_code: int = 2
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}; {self.hint}"
+        return self.message
+
+
+class ConfigError(TracekitError):
+    """A configuration file or option is malformed, mistyped or inconsistent."""
+
+
+class EnvironmentProblem(TracekitError):
+    """A required external tool, package or guest asset is missing."""
+
+
+class GuestBuildError(TracekitError):
+    """Building the guest assets (kernel, initramfs, VMM) failed."""
+
+
+class KernelImageError(TracekitError):
+    """A kernel image is not usable: not arm64, no KVM, no BTF, unreadable."""
+
+
+class SymbolError(TracekitError):
+    """A kernel symbol, struct or struct member cannot be resolved."""
+
+
+class ScenarioError(TracekitError):
+    """An unknown scenario or invalid scenario options."""
+
+
+class VMError(TracekitError):
+    """QEMU failed to start, crashed, was killed or stopped making progress."""
+
+
+class DebuggerError(TracekitError):
+    """GDB failed to start, attach, or answer."""
+
+
+class TraceFileError(TracekitError):
+    """A trace or raw event file cannot be read or written."""
+
+
+class GroundTruthError(TracekitError):
+    """The workload's own counters disagree with each other or with the trace."""
+
+    exit_code = 1

@@ -1,0 +1,285 @@
+"""Build and cache the built-in guest stack: L1 kernel + symbols + BTF layout, VMM, initramfs.
+
+Everything comes from package registries and this repository; each piece is cached under
+:func:`tracekit.config.cache_dir` keyed by its inputs (package version, source hash), so it
+is rebuilt only when an input changes. ``assets.json`` in the cache names the current set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tracekit.config import REPO_ROOT, GuestConfig, ToolPaths, cache_dir
+from tracekit.env.doctor import CheckResult
+from tracekit.errors import EnvironmentProblem, GuestBuildError, KernelImageError
+from tracekit.guest import debian, initramfs
+
+__all__ = ["GuestAssets", "build_assets", "check_assets", "load_assets"]
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[str], None]
+
+MANIFEST = "assets.json"
+
+
+@dataclass(frozen=True)
+class GuestAssets:
+    """What ``guest build`` made: paths and the versions they were made from."""
+
+    kernel_package: str
+    kernel_version: str
+    kernel_release: str
+    image: str
+    kernel_config: str
+    symbols: str
+    layout: str
+    symbol_count: int
+    busybox_version: str
+    vmm: str
+    vmm_hash: str
+    initramfs: str
+    built_at: float
+
+    @property
+    def image_path(self) -> Path:
+        return Path(self.image)
+
+    @property
+    def initramfs_path(self) -> Path:
+        return Path(self.initramfs)
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            name: Path(p).stat().st_size
+            for name, p in (("kernel", self.image), ("initramfs", self.initramfs),
+                            ("vmm", self.vmm))
+            if Path(p).exists()
+        }
+
+
+def _hash_tree(paths: list[Path], extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for p in sorted(paths):
+        h.update(str(p.relative_to(REPO_ROOT)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_assets(cache: Path | None = None) -> GuestAssets:
+    """The current assets, or EnvironmentProblem naming the command that builds them."""
+    path = (cache or cache_dir()) / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+        assets = GuestAssets(**data)
+    except FileNotFoundError:
+        raise EnvironmentProblem("guest assets are not built",
+                                 hint="run `tracekit guest build` (or `make setup`)") from None
+    except (ValueError, TypeError) as exc:
+        raise EnvironmentProblem(f"guest asset manifest {path} is unreadable ({exc})",
+                                 hint="run `tracekit guest build --force`") from None
+    for p in (assets.image, assets.initramfs, assets.symbols, assets.layout):
+        if not Path(p).exists():
+            raise EnvironmentProblem(f"guest asset {p} is missing",
+                                     hint="run `tracekit guest build --force`")
+    return assets
+
+
+def check_assets(guest: GuestConfig) -> CheckResult:
+    try:
+        a = load_assets()
+    except EnvironmentProblem as exc:
+        return CheckResult("guest assets", False, exc.message, "tracekit guest build")
+    stale = _vmm_hash(guest) != a.vmm_hash
+    detail = (f"kernel {a.kernel_release} ({a.kernel_version}), {a.symbol_count} symbols, "
+              f"busybox {a.busybox_version}")
+    if stale:
+        return CheckResult("guest assets", False, detail + "; VMM sources changed",
+                           "tracekit guest build")
+    return CheckResult("guest assets", True, detail)
+
+
+# --------------------------------------------------------------------------- kernel
+
+
+def _kernel_release(image_pkg: str) -> str:
+    # linux-image-6.1.0-56-cloud-arm64 -> 6.1.0-56-cloud-arm64
+    return image_pkg.removeprefix("linux-image-")
+
+
+def _validate_config(config_text: str, path: Path) -> None:
+    needed = {"CONFIG_KVM": "y", "CONFIG_DEBUG_INFO_BTF": "y", "CONFIG_ARM_GIC_V3": "y",
+              "CONFIG_KALLSYMS": "y"}
+    have = dict(
+        line.split("=", 1) for line in config_text.splitlines() if line.startswith("CONFIG_")
+    )
+    missing = [f"{k}={v}" for k, v in needed.items() if have.get(k) != v]
+    if missing:
+        raise KernelImageError(f"kernel config {path} lacks {', '.join(missing)}",
+                               hint="use a kernel built with KVM, GICv3, kallsyms and BTF")
+
+
+def _build_kernel(guest: GuestConfig, tools: ToolPaths, cache: Path, force: bool,
+                  report: Report) -> dict[str, str | int]:
+    from tracekit.kernel import btf, kallsyms
+
+    report(f"resolving {guest.kernel.package}:{guest.kernel.architecture}")
+    ref = debian.resolve(guest.kernel.package, guest.kernel.architecture,
+                         follow_metapackage=True)
+    kdir = cache / "kernel" / f"{ref.name}_{ref.version}"
+    meta_path = kdir / "kernel.json"
+    if meta_path.exists() and not force:
+        report(f"kernel {ref.name} {ref.version}: cached")
+        meta: dict[str, str | int] = json.loads(meta_path.read_text())
+        return meta
+    if kdir.exists():
+        shutil.rmtree(kdir)
+    report(f"downloading {ref.spec} {ref.version}")
+    deb = debian.download(ref, kdir / "deb", tools)
+    report(f"unpacking {deb.name}")
+    root = debian.unpack(deb, kdir / "root", tools)
+    release = _kernel_release(ref.name)
+    vmlinuz = root / "boot" / f"vmlinuz-{release}"
+    config = root / "boot" / f"config-{release}"
+    if not vmlinuz.exists():
+        raise GuestBuildError(f"{deb.name} has no boot/vmlinuz-{release}")
+    data = vmlinuz.read_bytes()
+    kallsyms.read_image_header(data)  # raises KernelImageError if not an arm64 Image
+    _validate_config(config.read_text(), config)
+    image = kdir / "Image"
+    shutil.copyfile(vmlinuz, image)
+    shutil.copyfile(config, kdir / "config")
+    report("extracting kallsyms (vmlinux-to-elf)")
+    symbols = kallsyms.extract_symbols(image)
+    (kdir / "symbols.json").write_text(symbols.to_json())
+    report("reading struct layouts from BTF")
+    parsed = btf.Btf.parse(btf.find_btf_blob(data))
+    layout = btf.extract_layout(parsed, guest.kernel.btf_members)
+    (kdir / "layout.json").write_text(json.dumps(layout, indent=1, sort_keys=True))
+    shutil.rmtree(root)
+    shutil.rmtree(kdir / "deb")
+    meta = {
+        "package": ref.name,
+        "version": ref.version,
+        "release": release,
+        "image": str(image),
+        "config": str(kdir / "config"),
+        "symbols": str(kdir / "symbols.json"),
+        "layout": str(kdir / "layout.json"),
+        "symbol_count": len(symbols),
+    }
+    meta_path.write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+# --------------------------------------------------------------------------- busybox, VMM
+
+
+def _build_busybox(guest: GuestConfig, tools: ToolPaths, cache: Path, force: bool,
+                   report: Report) -> tuple[str, Path]:
+    ref = debian.resolve(guest.busybox.package, guest.busybox.architecture)
+    bdir = cache / "busybox" / ref.version
+    binary = bdir / "busybox"
+    if binary.exists() and not force:
+        report(f"busybox {ref.version}: cached")
+        return ref.version, binary
+    report(f"downloading {ref.spec} {ref.version}")
+    deb = debian.download(ref, bdir / "deb", tools)
+    root = debian.unpack(deb, bdir / "root", tools)
+    shutil.copyfile(root / "bin" / "busybox", binary)
+    shutil.rmtree(root)
+    shutil.rmtree(bdir / "deb")
+    return ref.version, binary
+
+
+def _vmm_sources(guest: GuestConfig) -> list[Path]:
+    src = REPO_ROOT / guest.vmm_source
+    return [p for p in src.rglob("*") if p.is_file() and "build" not in p.parts]
+
+
+def _vmm_hash(guest: GuestConfig) -> str:
+    return _hash_tree(_vmm_sources(guest) + [REPO_ROOT / guest.init_source])
+
+
+def _build_vmm(guest: GuestConfig, tools: ToolPaths, cache: Path, force: bool,
+               report: Report) -> tuple[str, Path]:
+    digest = _hash_tree(_vmm_sources(guest))
+    out = cache / "vmm" / digest
+    binary = out / "tk-vmm"
+    if binary.exists() and not force:
+        report("L2 VMM + payload: cached")
+        return digest, binary
+    report("cross-compiling the L2 VMM and payload")
+    cross = tools.cross_gcc.removesuffix("gcc")
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        ["make", "-C", str(REPO_ROOT / guest.vmm_source), f"OUT={out}", f"CROSS={cross}"],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0 or not binary.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise GuestBuildError("building the L2 VMM failed: " + " | ".join(tail),
+                              hint="check `tracekit doctor` for the cross compiler")
+    return digest, binary
+
+
+def _build_initramfs(guest: GuestConfig, busybox: Path, vmm: Path, cache: Path,
+                     force: bool, report: Report) -> Path:
+    init = (REPO_ROOT / guest.init_source).read_bytes()
+    h = hashlib.sha256(init + busybox.read_bytes() + vmm.read_bytes()).hexdigest()[:16]
+    path = cache / "initramfs" / f"initramfs-{h}.cpio.gz"
+    if path.exists() and not force:
+        report("initramfs: cached")
+        return path
+    report("packing the initramfs")
+    entries = [initramfs.directory(d) for d in ("bin", "sbin", "dev", "proc", "sys", "tmp",
+                                                  "etc", "usr", "usr/bin", "usr/sbin")]
+    entries += [
+        initramfs.file("bin/busybox", busybox.read_bytes(), 0o755),
+        initramfs.symlink("bin/sh", "busybox"),
+        initramfs.file("bin/tk-vmm", vmm.read_bytes(), 0o755),
+        initramfs.file("init", init, 0o755),
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(initramfs.gzip_deterministic(initramfs.build_newc(entries)))
+    tmp.replace(path)
+    return path
+
+
+def build_assets(guest: GuestConfig, tools: ToolPaths, *, force: bool = False,
+                 report: Report = lambda _msg: None, cache: Path | None = None) -> GuestAssets:
+    """Make (or reuse) every guest asset and write the manifest."""
+    cache = cache or cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    os.chmod(cache, 0o700)
+    kernel = _build_kernel(guest, tools, cache, force, report)
+    bb_version, busybox = _build_busybox(guest, tools, cache, force, report)
+    _, vmm = _build_vmm(guest, tools, cache, force, report)
+    initrd = _build_initramfs(guest, busybox, vmm, cache, force, report)
+    assets = GuestAssets(
+        kernel_package=str(kernel["package"]),
+        kernel_version=str(kernel["version"]),
+        kernel_release=str(kernel["release"]),
+        image=str(kernel["image"]),
+        kernel_config=str(kernel["config"]),
+        symbols=str(kernel["symbols"]),
+        layout=str(kernel["layout"]),
+        symbol_count=int(kernel["symbol_count"]),
+        busybox_version=bb_version,
+        vmm=str(vmm),
+        vmm_hash=_vmm_hash(guest),
+        initramfs=str(initrd),
+        built_at=time.time(),
+    )
+    (cache / MANIFEST).write_text(json.dumps(asdict(assets), indent=1))
+    return assets
