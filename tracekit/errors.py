@@ -23,17 +23,17 @@ but found a problem); any other exception is a bug and only shows a traceback wi
 from __future__ import annotations
 
 __all__ = [
-    "TracekitError",
     "ConfigError",
+    "DebuggerError",
     "EnvironmentProblem",
+    "GroundTruthError",
     "GuestBuildError",
     "KernelImageError",
-    "SymbolError",
     "ScenarioError",
-    "VMError",
-    "DebuggerError",
+    "SymbolError",
     "TraceFileError",
-    "GroundTruthError",
+    "TracekitError",
+    "VMError",
 ]
 
 

@@ -67,6 +67,24 @@ static inline u32 mmio_r32(u64 a)
 	return v;
 }
 
+/* GIC register accessors: each access is a stage-2 data abort that KVM's
+ * vGIC emulates in-kernel; count them so the trace can be reconciled. */
+static inline u32 gic_r32(volatile struct tk_vcpu_area *me, u64 a)
+{
+	me->gic_mmio++;
+	return mmio_r32(a);
+}
+static inline void gic_w32(volatile struct tk_vcpu_area *me, u64 a, u32 v)
+{
+	me->gic_mmio++;
+	mmio_w32(a, v);
+}
+static inline void gic_w64(volatile struct tk_vcpu_area *me, u64 a, u64 v)
+{
+	me->gic_mmio++;
+	mmio_w64(a, v);
+}
+
 static inline u64 cntvct(void)
 {
 	isb();
@@ -185,8 +203,8 @@ static void gic_cpu_init(volatile struct tk_vcpu_area *me, u64 mpidr)
 	 */
 	for (u64 i = 0; i < TK_MAX_VCPUS; i++) {
 		u64 base = TK_GICR_BASE + i * TK_GICR_STRIDE;
-		u32 lo = mmio_r32(base + GICR_TYPER);
-		u32 hi = mmio_r32(base + GICR_TYPER + 4);
+		u32 lo = gic_r32(me, base + GICR_TYPER);
+		u32 hi = gic_r32(me, base + GICR_TYPER + 4);
 
 		if (hi == aff) {
 			rd = base;
@@ -203,7 +221,7 @@ static void gic_cpu_init(volatile struct tk_vcpu_area *me, u64 mpidr)
 
 	/* SGI 1 (IPI), PPI 27 (vtimer), PPI 30 (ptimer).  KVM's vGICv3 puts
 	 * all interrupts in group 1 with priority 0 by default. */
-	mmio_w32(rd + TK_GICR_SGI_OFF + GICR_ISENABLER0,
+	gic_w32(me, rd + TK_GICR_SGI_OFF + GICR_ISENABLER0,
 		 (1u << TK_INTID_SGI) | (1u << TK_INTID_VTIMER) |
 		 (1u << TK_INTID_PTIMER));
 
@@ -222,29 +240,29 @@ static void gic_cpu_init(volatile struct tk_vcpu_area *me, u64 mpidr)
  * SPI could be withdrawn before the guest takes it.  As edge, the rising
  * edge latches the pending state until the guest acknowledges it.
  */
-static void gic_dist_init(u64 nv)
+static void gic_dist_init(volatile struct tk_vcpu_area *me, u64 nv)
 {
 	u64 d = TK_GICD_BASE;
 	u32 cfg;
 
 	/* GICD_ICFGR2 covers INTIDs 32..47, 2 bits each, bit 1 = edge. */
-	cfg = mmio_r32(d + GICD_ICFGR + 4 * (TK_INTID_IRQFD / 16));
+	cfg = gic_r32(me, d + GICD_ICFGR + 4 * (TK_INTID_IRQFD / 16));
 	cfg |= 2u << (2 * (TK_INTID_IRQFD % 16));
 	cfg |= 2u << (2 * (TK_INTID_IRQLINE % 16));
-	mmio_w32(d + GICD_ICFGR + 4 * (TK_INTID_IRQFD / 16), cfg);
+	gic_w32(me, d + GICD_ICFGR + 4 * (TK_INTID_IRQFD / 16), cfg);
 
 	/* Route irqfd SPI to the last vCPU, irqline SPI to vCPU0. */
-	mmio_w64(d + GICD_IROUTER + 8 * TK_INTID_IRQFD,
+	gic_w64(me, d + GICD_IROUTER + 8 * TK_INTID_IRQFD,
 		 mpidr_to_irouter(SH->v[nv - 1].mpidr));
-	mmio_w64(d + GICD_IROUTER + 8 * TK_INTID_IRQLINE,
+	gic_w64(me, d + GICD_IROUTER + 8 * TK_INTID_IRQLINE,
 		 mpidr_to_irouter(SH->v[0].mpidr));
 
 	/* GICD_ISENABLER1: INTIDs 32..63. */
-	mmio_w32(d + GICD_ISENABLER + 4,
+	gic_w32(me, d + GICD_ISENABLER + 4,
 		 (1u << (TK_INTID_IRQFD - 32)) | (1u << (TK_INTID_IRQLINE - 32)));
 
 	/* ARE_NS (bit 4, RAO in KVM) | EnableGrp1NS (bit 1). */
-	mmio_w32(d + GICD_CTLR, 0x12);
+	gic_w32(me, d + GICD_CTLR, 0x12);
 }
 
 /* ---- exception generators ------------------------------------------ */
@@ -262,23 +280,44 @@ static void do_hvc(volatile struct tk_vcpu_area *me)
 }
 
 /*
- * WFI that is guaranteed to return: mask IRQs, arm the EL1 *physical*
- * timer (PPI 30) a short time ahead, WFI.  A pending interrupt wakes WFI
- * even while PSTATE.I masks it.  Then unmask, the handler takes PPI 30 and
- * disables the timer, and we wait for that ack so wake-ups never coalesce.
- * The physical timer is used so the vtimer stays free for the timer
- * scenario (mixed runs both at once).
+ * WFI that is guaranteed to return, and that really blocks (and therefore
+ * traps to KVM, which keeps HCR_EL2.TWI set without GICv4): an
+ * implementation may - and QEMU TCG does - complete WFI without trapping
+ * when an interrupt is already pending.  So:
+ *  1. mask IRQs and drain everything already pending (briefly unmasking
+ *     lets the handler take it), using ISR_EL1.I to see pending IRQs;
+ *  2. arm the EL1 *physical* timer (PPI 30) wfi_period_us (1 ms) ahead (long
+ *     enough not to expire before the WFI even under nested TCG);
+ *  3. WFI.  A pending interrupt wakes WFI even while PSTATE.I masks it;
+ *  4. unmask: the handler takes PPI 30 and disables the timer; wait for
+ *     that ack so wake-ups never coalesce.
+ * The physical timer keeps the vtimer free for the timer stream (mixed).
+ * If an IRQ is pending anyway right before the WFI (another source fired
+ * in the few instructions since the drain), the WFI may not trap: that is
+ * counted in wfi_nonblocking so a tracer can account for it.
  */
+#define ISR_EL1_I (1u << 7)
+
 static void do_wfi(volatile struct tk_vcpu_area *me, u64 ticks, u64 tmo)
 {
-	u64 target = me->acked[TK_INTID_PTIMER] + 1;
+	u64 target;
 
 	irq_disable();
+	isb();
+	for (int i = 0; i < 1000 && (read_sysreg(isr_el1) & ISR_EL1_I); i++) {
+		irq_enable();		/* let the handler take it */
+		isb();
+		irq_disable();
+		isb();
+	}
+	target = me->acked[TK_INTID_PTIMER] + 1;
 	me->ptimer_armed++;
 	write_sysreg(cntp_tval_el0, ticks);
 	write_sysreg(cntp_ctl_el0, 1);		/* ENABLE, not IMASKed */
 	isb();
 	me->wfi_issued++;
+	if (read_sysreg(isr_el1) & ISR_EL1_I)
+		me->wfi_nonblocking++;
 	asm volatile("dsb sy\n\twfi" ::: "memory");
 	me->wfi_observed++;
 	irq_enable();
@@ -335,7 +374,7 @@ void payload_main(u64 idx)
 		for (u64 i = 0; i < nv; i++)
 			if (wait_ge(&SH->v[i].ready, 1, tmo))
 				me->errors |= TK_E_READY_TIMEOUT;
-		gic_dist_init(nv);
+		gic_dist_init(me, nv);
 		SH->gic_ready = 1;
 	} else if (wait_ge(&SH->gic_ready, 1, tmo)) {
 		me->errors |= TK_E_READY_TIMEOUT;

@@ -96,9 +96,12 @@ struct tk_vcpu_area {
 	uint64_t sgi_sent;         /* "sent" for SGI 1 (sender = vCPU0)    */
 	uint64_t hvc_issued, hvc_observed;
 	uint64_t wfi_issued, wfi_observed;
+	uint64_t wfi_nonblocking;  /* WFIs issued with an IRQ already pending */
 	uint64_t mmio_issued;      /* observed is counted by the VMM       */
 	uint64_t sysreg_issued, sysreg_observed;
 	uint64_t cntvct_start, cntvct_end;
+	uint64_t gic_mmio;         /* vGIC register accesses (trap to KVM, */
+				   /* emulated in-kernel; setup only)      */
 	uint64_t exc_kind, exc_esr, exc_elr, exc_far; /* unexpected exception */
 	uint64_t acked[TK_NR_INTIDS];  /* per-INTID acks, from IRQ handler */
 } __attribute__((aligned(256)));

@@ -13,8 +13,14 @@ pytestmark = pytest.mark.unit
 
 def test_argv_uses_unix_sockets_only() -> None:
     rt = RuntimeDir(Path("/run/tk"))
-    spec = LaunchSpec(qemu="qemu", kernel=Path("/k/Image"), initrd=Path("/k/initrd"),
-                      kernel_args=("tracekit.scenario=ipi",), paused=True, gdb=True)
+    spec = LaunchSpec(
+        qemu="qemu",
+        kernel=Path("/k/Image"),
+        initrd=Path("/k/initrd"),
+        kernel_args=("tracekit.scenario=ipi",),
+        paused=True,
+        gdb=True,
+    )
     argv = build_argv(load_machine("vhe"), spec, rt)
     joined = " ".join(argv)
     assert "-machine virt,gic-version=3,virtualization=on" in joined

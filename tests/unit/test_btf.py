@@ -1,7 +1,7 @@
 """Tests for tracekit.kernel.btf: synthetic BTF blobs, error paths, and the real kernel.
 
-The integration tests read the kernel Image named by ``TRACEKIT_TEST_IMAGE``; they skip when
-it is unset, except under ``CI=true`` where a missing image is a failure.
+The integration tests read the kernel Image named by ``TRACEKIT_TEST_IMAGE``, or else the one
+``tracekit guest build`` cached; without either they fail (never skip).
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ class BtfBuilder:
             self.strings += name.encode() + b"\0"
         return self.offsets[name]
 
-    def raw(self, name: str, kind: int, vlen: int, word: int, extra: bytes = b"", kf: bool = False) -> int:
+    def raw(
+        self, name: str, kind: int, vlen: int, word: int, extra: bytes = b"", kf: bool = False
+    ) -> int:
         info = (int(kf) << 31) | (kind << 24) | vlen
         self.types += struct.pack(self.e + "III", self.s(name), info, word) + extra
         self.count += 1
@@ -80,7 +82,9 @@ class BtfBuilder:
 
     def enum(self, name: str, values: dict[str, int], signed: bool = False) -> int:
         extra = b"".join(
-            struct.pack(self.e + "Ii", self.s(k), v) if signed else struct.pack(self.e + "II", self.s(k), v)
+            struct.pack(self.e + "Ii", self.s(k), v)
+            if signed
+            else struct.pack(self.e + "II", self.s(k), v)
             for k, v in values.items()
         )
         return self.raw(name, BtfKind.ENUM, len(values), 4, extra, signed)
@@ -112,7 +116,14 @@ class BtfBuilder:
     def build(self, version: int = 1) -> bytes:
         magic = struct.pack(self.e + "H", 0xEB9F)
         hdr = magic + struct.pack(
-            self.e + "BBIIIII", version, 0, 24, 0, len(self.types), len(self.types), len(self.strings)
+            self.e + "BBIIIII",
+            version,
+            0,
+            24,
+            0,
+            len(self.types),
+            len(self.types),
+            len(self.strings),
         )
         return hdr + bytes(self.types) + bytes(self.strings)
 
@@ -177,7 +188,8 @@ def sample_builder(endian: str = "<") -> BtfBuilder:
     p_cchar = b.ptr(const_char)  # 26
     pp_cchar = b.ptr(p_cchar)  # 27
     proto = b.proto(
-        int_, [("o", p_outer), ("n", int_), ("cb", p_cb), ("argv", pp_cchar), ("r", rst), ("t", tag)]
+        int_,
+        [("o", p_outer), ("n", int_), ("cb", p_cb), ("argv", pp_cchar), ("r", rst), ("t", tag)],
     )  # 28
     func = b.func("do_thing", proto)  # 29
     var = b.var("counter", td_u64)  # 30
@@ -424,7 +436,7 @@ def test_find_blob_in_image_picks_the_largest_valid_candidate() -> None:
 
 @pytest.mark.unit
 def test_find_blob_reports_missing_btf() -> None:
-    with pytest.raises(KernelImageError, match="no BTF found in vmlinuz.*CONFIG_DEBUG_INFO_BTF=y"):
+    with pytest.raises(KernelImageError, match=r"no BTF found in vmlinuz.*CONFIG_DEBUG_INFO_BTF=y"):
         find_btf_blob(b"\x9f\xeb\x01\x00" + b"\0" * 4096, source="vmlinuz")
 
 
@@ -444,11 +456,16 @@ def test_load_from_file_accepts_blob_or_image(tmp_path: Path) -> None:
 
 def _real_image_path() -> Path:
     value = os.environ.get("TRACEKIT_TEST_IMAGE")
-    if not value:
-        if os.environ.get("CI") == "true":
-            pytest.fail("TRACEKIT_TEST_IMAGE is not set but CI=true; point it at the arm64 Image")
-        pytest.skip("set TRACEKIT_TEST_IMAGE to an arm64 kernel Image to run this test")
-    return Path(value)
+    if value:
+        return Path(value)
+    # Default: the kernel Image that `tracekit guest build` cached (make setup builds it).
+    from tracekit.errors import EnvironmentProblem
+    from tracekit.guest.assets import load_assets
+
+    try:
+        return load_assets().image_path
+    except EnvironmentProblem as exc:
+        pytest.fail(f"no kernel Image to test: {exc}; or set TRACEKIT_TEST_IMAGE", pytrace=False)
 
 
 @pytest.fixture(scope="module")

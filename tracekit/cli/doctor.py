@@ -41,8 +41,10 @@ def doctor() -> int:
     console.print(render_checks(results))
     failed = [r for r in results if not r.ok and r.required]
     if failed:
-        console.print(f"[red]{len(failed)} required piece(s) missing[/]; to fix, run "
-                      "(or `make setup` for everything):")
+        console.print(
+            f"[red]{len(failed)} required piece(s) missing[/]; to fix, run "
+            "(or `make setup` for everything):"
+        )
         for r in failed:
             # Plain lines, never wrapped, so the commands can be copied as they are.
             console.print(f"  {r.fix}", soft_wrap=True, highlight=False)

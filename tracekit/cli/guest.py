@@ -16,8 +16,13 @@ __all__ = ["guest", "render_ground_truth"]
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                    console=console, transient=False)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 @click.group()
@@ -47,49 +52,63 @@ def build(force: bool) -> int:
     table.add_column("size", justify="right")
     table.add_column("path")
     sizes = assets.sizes()
-    table.add_row("L1 kernel", f"{assets.kernel_release} ({assets.kernel_version})",
-                  f"{sizes.get('kernel', 0) / 1e6:.1f} MB", assets.image)
+    table.add_row(
+        "L1 kernel",
+        f"{assets.kernel_release} ({assets.kernel_version})",
+        f"{sizes.get('kernel', 0) / 1e6:.1f} MB",
+        assets.image,
+    )
     table.add_row("kallsyms", f"{assets.symbol_count} symbols", "", assets.symbols)
     table.add_row("BTF layout", "struct offsets", "", assets.layout)
     table.add_row("busybox", assets.busybox_version, "", "")
     table.add_row("L2 VMM", assets.vmm_hash, f"{sizes.get('vmm', 0) / 1e3:.0f} kB", assets.vmm)
-    table.add_row("initramfs", "", f"{sizes.get('initramfs', 0) / 1e6:.1f} MB",
-                  assets.initramfs)
+    table.add_row("initramfs", "", f"{sizes.get('initramfs', 0) / 1e6:.1f} MB", assets.initramfs)
     Console().print(table)
     return 0
 
 
 def render_ground_truth(truth: GroundTruth) -> Table:
-    table = Table(title=f"ground truth: {truth.scenario} ({truth.vcpus} vCPUs, "
-                        f"count {truth.count})")
+    table = Table(
+        title=f"ground truth: {truth.scenario} ({truth.vcpus} vCPUs, count {truth.count})"
+    )
     for col in ("class", "source", "INTID", "vCPU", "sent", "acknowledged", ""):
-        table.add_column(col, justify="right" if col in ("INTID", "vCPU", "sent",
-                                                         "acknowledged") else "left")
+        table.add_column(
+            col, justify="right" if col in ("INTID", "vCPU", "sent", "acknowledged") else "left"
+        )
     order = {c: i for i, c in enumerate(CLASSES)}
     for i in sorted(truth.interrupts, key=lambda i: (order.get(i.cls, 9), i.intid, i.vcpu)):
         mark = "[green]ok[/]" if i.sent == i.acked else "[red]MISMATCH[/]"
-        table.add_row(i.cls, i.source, str(i.intid), str(i.vcpu), str(i.sent), str(i.acked),
-                      mark)
+        table.add_row(i.cls, i.source, str(i.intid), str(i.vcpu), str(i.sent), str(i.acked), mark)
     for e in sorted(truth.exceptions, key=lambda e: (e.kind, e.vcpu)):
         mark = "[green]ok[/]" if e.issued == e.observed else "[red]MISMATCH[/]"
-        table.add_row("exception", e.kind, "", str(e.vcpu), str(e.issued), str(e.observed),
-                      mark)
-    table.caption = (f"L1 time {truth.l1_ns / 1e6:.1f} ms; spurious {truth.spurious}; "
-                     + ("[green]sides agree[/]" if truth.ok and not truth.disagreements()
-                        else "[red]sides disagree[/]"))
+        table.add_row("exception", e.kind, "", str(e.vcpu), str(e.issued), str(e.observed), mark)
+    table.caption = f"L1 time {truth.l1_ns / 1e6:.1f} ms; spurious {truth.spurious}; " + (
+        "[green]sides agree[/]"
+        if truth.ok and not truth.disagreements()
+        else "[red]sides disagree[/]"
+    )
     return table
 
 
 @guest.command("run")
-@click.option("--scenario", "scenario_name", default=None,
-              help="Scenario from configs/scenarios.toml (default: the file's default).")
+@click.option(
+    "--scenario",
+    "scenario_name",
+    default=None,
+    help="Scenario from configs/scenarios.toml (default: the file's default).",
+)
 @click.option("--count", type=int, default=None, help="Interrupts per source.")
 @click.option("--vcpus", type=int, default=2, show_default=True, help="L2 vCPUs.")
-@click.option("--machine", default="vhe", show_default=True,
-              help="Machine profile from configs/machines/ (or a .toml path).")
+@click.option(
+    "--machine",
+    default="vhe",
+    show_default=True,
+    help="Machine profile from configs/machines/ (or a .toml path).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the ground truth as JSON.")
-def run(scenario_name: str | None, count: int | None, vcpus: int, machine: str,
-        as_json: bool) -> int:
+def run(
+    scenario_name: str | None, count: int | None, vcpus: int, machine: str, as_json: bool
+) -> int:
     """Boot L1, run a scenario in L2 without tracing, print its ground truth."""
     from tracekit.cli import err_console
     from tracekit.guest.assets import load_assets
@@ -102,14 +121,26 @@ def run(scenario_name: str | None, count: int | None, vcpus: int, machine: str,
     assets = load_assets()
     with _progress(err_console) as progress:
         task = progress.add_task("starting QEMU", total=None)
-        result = run_scenario(req, profile, assets, load_tools(),
-                              on_phase=lambda p: progress.update(task, description=p))
+        result = run_scenario(
+            req,
+            profile,
+            assets,
+            load_tools(),
+            on_phase=lambda p: progress.update(task, description=p),
+        )
         progress.update(task, description=f"done in {result.wall_total_s:.1f} s")
     truth = result.ground_truth
     if as_json:
-        click.echo(json.dumps(truth.to_json() | {"wall_s": round(result.wall_total_s, 2),
-                                                 "boot_wall_s": round(result.wall_boot_s, 2),
-                                                 "l1": result.ready}))
+        click.echo(
+            json.dumps(
+                truth.to_json()
+                | {
+                    "wall_s": round(result.wall_total_s, 2),
+                    "boot_wall_s": round(result.wall_boot_s, 2),
+                    "l1": result.ready,
+                }
+            )
+        )
     else:
         Console().print(render_ground_truth(truth))
     truth.check()

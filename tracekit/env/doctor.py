@@ -40,9 +40,7 @@ def sudo_prefix() -> str:
 
 def _run(argv: list[str], timeout: float = 20) -> tuple[int, str]:
     try:
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError:
         return 127, f"{argv[0]}: not found"
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -55,50 +53,69 @@ def _apt_fix(package: str) -> str:
 
 
 def _which(tool: str) -> str | None:
-    return shutil.which(tool) if os.sep not in tool else (tool if os.access(tool, os.X_OK) else None)
+    return (
+        shutil.which(tool) if os.sep not in tool else (tool if os.access(tool, os.X_OK) else None)
+    )
 
 
 def check_qemu(tools: ToolPaths) -> CheckResult:
     if not _which(tools.qemu):
-        return CheckResult("QEMU (aarch64)", False, f"{tools.qemu} not found",
-                           _apt_fix("qemu-system-arm"))
+        return CheckResult(
+            "QEMU (aarch64)", False, f"{tools.qemu} not found", _apt_fix("qemu-system-arm")
+        )
     rc, out = _run([tools.qemu, "--version"])
     m = re.search(r"version (\d+\.\d+\.\d+)", out)
     version = m.group(1) if m else "unknown version"
     rc, props = _run([tools.qemu, "-machine", "virt,help"])
     missing = [p for p in ("virtualization", "gic-version") if p not in props]
     if rc != 0 or missing:
-        return CheckResult("QEMU (aarch64)", False,
-                           f"{version}: virt machine lacks {', '.join(missing) or 'help'}",
-                           _apt_fix("qemu-system-arm") + "  (QEMU >= 7.2 needed)")
-    return CheckResult("QEMU (aarch64)", True,
-                       f"{version}; virt: virtualization=on, gic-version=3 supported")
+        return CheckResult(
+            "QEMU (aarch64)",
+            False,
+            f"{version}: virt machine lacks {', '.join(missing) or 'help'}",
+            _apt_fix("qemu-system-arm") + "  (QEMU >= 7.2 needed)",
+        )
+    return CheckResult(
+        "QEMU (aarch64)", True, f"{version}; virt: virtualization=on, gic-version=3 supported"
+    )
 
 
 def check_gdb(tools: ToolPaths) -> CheckResult:
     if not _which(tools.gdb):
-        return CheckResult("GDB (multiarch)", False, f"{tools.gdb} not found",
-                           _apt_fix("gdb-multiarch"))
+        return CheckResult(
+            "GDB (multiarch)", False, f"{tools.gdb} not found", _apt_fix("gdb-multiarch")
+        )
     _, out = _run([tools.gdb, "--version"])
     m = re.search(r"GNU gdb .*? (\d+\.\d+)", out)
     version = m.group(1) if m else "unknown version"
     rc, arch = _run([tools.gdb, "--batch", "-nx", "-ex", "set architecture aarch64"])
     if rc != 0 or "Undefined" in arch:
-        return CheckResult("GDB (multiarch)", False,
-                           f"{version}: no aarch64 support ({arch.strip()[:60]})",
-                           _apt_fix("gdb-multiarch"))
+        return CheckResult(
+            "GDB (multiarch)",
+            False,
+            f"{version}: no aarch64 support ({arch.strip()[:60]})",
+            _apt_fix("gdb-multiarch"),
+        )
     return CheckResult("GDB (multiarch)", True, f"{version}; aarch64 supported")
 
 
 def check_cross_gcc(tools: ToolPaths) -> CheckResult:
     if not _which(tools.cross_gcc):
-        return CheckResult("aarch64 cross compiler", False, f"{tools.cross_gcc} not found",
-                           _apt_fix("gcc-aarch64-linux-gnu libc6-dev-arm64-cross"))
+        return CheckResult(
+            "aarch64 cross compiler",
+            False,
+            f"{tools.cross_gcc} not found",
+            _apt_fix("gcc-aarch64-linux-gnu libc6-dev-arm64-cross"),
+        )
     rc, out = _run([tools.cross_gcc, "-print-file-name=libc.a"])
     libc = out.strip()
     if rc != 0 or not os.path.isabs(libc) or not os.path.exists(libc):
-        return CheckResult("aarch64 cross compiler", False, "no static libc for aarch64",
-                           _apt_fix("libc6-dev-arm64-cross"))
+        return CheckResult(
+            "aarch64 cross compiler",
+            False,
+            "no static libc for aarch64",
+            _apt_fix("libc6-dev-arm64-cross"),
+        )
     rc, ver = _run([tools.cross_gcc, "-dumpversion"])
     return CheckResult("aarch64 cross compiler", True, f"gcc {ver.strip()} with static libc")
 
@@ -106,19 +123,26 @@ def check_cross_gcc(tools: ToolPaths) -> CheckResult:
 def check_host_gcc(tools: ToolPaths) -> CheckResult:
     if not _which(tools.host_gcc):
         return CheckResult("host C compiler", False, f"{tools.host_gcc} not found", _apt_fix("gcc"))
-    rc, ver = _run([tools.host_gcc, "-dumpversion"])
+    _rc, ver = _run([tools.host_gcc, "-dumpversion"])
     return CheckResult("host C compiler", True, f"gcc {ver.strip()} (builds the TCG plugin)")
 
 
 def check_apt_arm64(tools: ToolPaths) -> CheckResult:
     if not _which(tools.apt_get) or not _which(tools.dpkg_deb):
-        return CheckResult("Debian arm64 packages", False, "apt-get/dpkg-deb not found",
-                           "run on Debian 12 (bookworm) or provide the guest assets in the cache")
-    rc, out = _run(["dpkg", "--print-foreign-architectures"])
+        return CheckResult(
+            "Debian arm64 packages",
+            False,
+            "apt-get/dpkg-deb not found",
+            "run on Debian 12 (bookworm) or provide the guest assets in the cache",
+        )
+    _rc, out = _run(["dpkg", "--print-foreign-architectures"])
     if "arm64" not in out.split():
-        return CheckResult("Debian arm64 packages", False, "arm64 is not a dpkg architecture",
-                           f"{sudo_prefix()}dpkg --add-architecture arm64 && "
-                           f"{sudo_prefix()}apt-get update")
+        return CheckResult(
+            "Debian arm64 packages",
+            False,
+            "arm64 is not a dpkg architecture",
+            f"{sudo_prefix()}dpkg --add-architecture arm64 && {sudo_prefix()}apt-get update",
+        )
     return CheckResult("Debian arm64 packages", True, "arm64 architecture enabled")
 
 
@@ -129,8 +153,12 @@ def check_disk(path: Path, need_gb: float = 2.0) -> CheckResult:
     usage = shutil.disk_usage(probe)
     free_gb = usage.free / 1e9
     ok = free_gb >= need_gb
-    return CheckResult("free disk", ok, f"{free_gb:.1f} GB free at {probe}",
-                       "" if ok else f"free at least {need_gb} GB under {probe} or set TRACEKIT_CACHE")
+    return CheckResult(
+        "free disk",
+        ok,
+        f"{free_gb:.1f} GB free at {probe}",
+        "" if ok else f"free at least {need_gb} GB under {probe} or set TRACEKIT_CACHE",
+    )
 
 
 def run_checks(

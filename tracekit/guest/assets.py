@@ -61,8 +61,11 @@ class GuestAssets:
     def sizes(self) -> dict[str, int]:
         return {
             name: Path(p).stat().st_size
-            for name, p in (("kernel", self.image), ("initramfs", self.initramfs),
-                            ("vmm", self.vmm))
+            for name, p in (
+                ("kernel", self.image),
+                ("initramfs", self.initramfs),
+                ("vmm", self.vmm),
+            )
             if Path(p).exists()
         }
 
@@ -82,15 +85,19 @@ def load_assets(cache: Path | None = None) -> GuestAssets:
         data = json.loads(path.read_text())
         assets = GuestAssets(**data)
     except FileNotFoundError:
-        raise EnvironmentProblem("guest assets are not built",
-                                 hint="run `tracekit guest build` (or `make setup`)") from None
+        raise EnvironmentProblem(
+            "guest assets are not built", hint="run `tracekit guest build` (or `make setup`)"
+        ) from None
     except (ValueError, TypeError) as exc:
-        raise EnvironmentProblem(f"guest asset manifest {path} is unreadable ({exc})",
-                                 hint="run `tracekit guest build --force`") from None
+        raise EnvironmentProblem(
+            f"guest asset manifest {path} is unreadable ({exc})",
+            hint="run `tracekit guest build --force`",
+        ) from None
     for p in (assets.image, assets.initramfs, assets.symbols, assets.layout):
         if not Path(p).exists():
-            raise EnvironmentProblem(f"guest asset {p} is missing",
-                                     hint="run `tracekit guest build --force`")
+            raise EnvironmentProblem(
+                f"guest asset {p} is missing", hint="run `tracekit guest build --force`"
+            )
     return assets
 
 
@@ -100,11 +107,14 @@ def check_assets(guest: GuestConfig) -> CheckResult:
     except EnvironmentProblem as exc:
         return CheckResult("guest assets", False, exc.message, "tracekit guest build")
     stale = _vmm_hash(guest) != a.vmm_hash
-    detail = (f"kernel {a.kernel_release} ({a.kernel_version}), {a.symbol_count} symbols, "
-              f"busybox {a.busybox_version}")
+    detail = (
+        f"kernel {a.kernel_release} ({a.kernel_version}), {a.symbol_count} symbols, "
+        f"busybox {a.busybox_version}"
+    )
     if stale:
-        return CheckResult("guest assets", False, detail + "; VMM sources changed",
-                           "tracekit guest build")
+        return CheckResult(
+            "guest assets", False, detail + "; VMM sources changed", "tracekit guest build"
+        )
     return CheckResult("guest assets", True, detail)
 
 
@@ -117,24 +127,30 @@ def _kernel_release(image_pkg: str) -> str:
 
 
 def _validate_config(config_text: str, path: Path) -> None:
-    needed = {"CONFIG_KVM": "y", "CONFIG_DEBUG_INFO_BTF": "y", "CONFIG_ARM_GIC_V3": "y",
-              "CONFIG_KALLSYMS": "y"}
+    needed = {
+        "CONFIG_KVM": "y",
+        "CONFIG_DEBUG_INFO_BTF": "y",
+        "CONFIG_ARM_GIC_V3": "y",
+        "CONFIG_KALLSYMS": "y",
+    }
     have = dict(
         line.split("=", 1) for line in config_text.splitlines() if line.startswith("CONFIG_")
     )
     missing = [f"{k}={v}" for k, v in needed.items() if have.get(k) != v]
     if missing:
-        raise KernelImageError(f"kernel config {path} lacks {', '.join(missing)}",
-                               hint="use a kernel built with KVM, GICv3, kallsyms and BTF")
+        raise KernelImageError(
+            f"kernel config {path} lacks {', '.join(missing)}",
+            hint="use a kernel built with KVM, GICv3, kallsyms and BTF",
+        )
 
 
-def _build_kernel(guest: GuestConfig, tools: ToolPaths, cache: Path, force: bool,
-                  report: Report) -> dict[str, str | int]:
+def _build_kernel(
+    guest: GuestConfig, tools: ToolPaths, cache: Path, force: bool, report: Report
+) -> dict[str, str | int]:
     from tracekit.kernel import btf, kallsyms
 
     report(f"resolving {guest.kernel.package}:{guest.kernel.architecture}")
-    ref = debian.resolve(guest.kernel.package, guest.kernel.architecture,
-                         follow_metapackage=True)
+    ref = debian.resolve(guest.kernel.package, guest.kernel.architecture, follow_metapackage=True)
     kdir = cache / "kernel" / f"{ref.name}_{ref.version}"
     meta_path = kdir / "kernel.json"
     if meta_path.exists() and not force:
@@ -184,8 +200,9 @@ def _build_kernel(guest: GuestConfig, tools: ToolPaths, cache: Path, force: bool
 # --------------------------------------------------------------------------- busybox, VMM
 
 
-def _build_busybox(guest: GuestConfig, tools: ToolPaths, cache: Path, force: bool,
-                   report: Report) -> tuple[str, Path]:
+def _build_busybox(
+    guest: GuestConfig, tools: ToolPaths, cache: Path, force: bool, report: Report
+) -> tuple[str, Path]:
     ref = debian.resolve(guest.busybox.package, guest.busybox.architecture)
     bdir = cache / "busybox" / ref.version
     binary = bdir / "busybox"
@@ -207,11 +224,12 @@ def _vmm_sources(guest: GuestConfig) -> list[Path]:
 
 
 def _vmm_hash(guest: GuestConfig) -> str:
-    return _hash_tree(_vmm_sources(guest) + [REPO_ROOT / guest.init_source])
+    return _hash_tree([*_vmm_sources(guest), REPO_ROOT / guest.init_source])
 
 
-def _build_vmm(guest: GuestConfig, tools: ToolPaths, cache: Path, force: bool,
-               report: Report) -> tuple[str, Path]:
+def _build_vmm(
+    guest: GuestConfig, tools: ToolPaths, cache: Path, force: bool, report: Report
+) -> tuple[str, Path]:
     digest = _hash_tree(_vmm_sources(guest))
     out = cache / "vmm" / digest
     binary = out / "tk-vmm"
@@ -223,17 +241,22 @@ def _build_vmm(guest: GuestConfig, tools: ToolPaths, cache: Path, force: bool,
     out.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         ["make", "-C", str(REPO_ROOT / guest.vmm_source), f"OUT={out}", f"CROSS={cross}"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0 or not binary.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise GuestBuildError("building the L2 VMM failed: " + " | ".join(tail),
-                              hint="check `tracekit doctor` for the cross compiler")
+        raise GuestBuildError(
+            "building the L2 VMM failed: " + " | ".join(tail),
+            hint="check `tracekit doctor` for the cross compiler",
+        )
     return digest, binary
 
 
-def _build_initramfs(guest: GuestConfig, busybox: Path, vmm: Path, cache: Path,
-                     force: bool, report: Report) -> Path:
+def _build_initramfs(
+    guest: GuestConfig, busybox: Path, vmm: Path, cache: Path, force: bool, report: Report
+) -> Path:
     init = (REPO_ROOT / guest.init_source).read_bytes()
     h = hashlib.sha256(init + busybox.read_bytes() + vmm.read_bytes()).hexdigest()[:16]
     path = cache / "initramfs" / f"initramfs-{h}.cpio.gz"
@@ -241,8 +264,10 @@ def _build_initramfs(guest: GuestConfig, busybox: Path, vmm: Path, cache: Path,
         report("initramfs: cached")
         return path
     report("packing the initramfs")
-    entries = [initramfs.directory(d) for d in ("bin", "sbin", "dev", "proc", "sys", "tmp",
-                                                  "etc", "usr", "usr/bin", "usr/sbin")]
+    entries = [
+        initramfs.directory(d)
+        for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "usr", "usr/bin", "usr/sbin")
+    ]
     entries += [
         initramfs.file("bin/busybox", busybox.read_bytes(), 0o755),
         initramfs.symlink("bin/sh", "busybox"),
@@ -256,8 +281,14 @@ def _build_initramfs(guest: GuestConfig, busybox: Path, vmm: Path, cache: Path,
     return path
 
 
-def build_assets(guest: GuestConfig, tools: ToolPaths, *, force: bool = False,
-                 report: Report = lambda _msg: None, cache: Path | None = None) -> GuestAssets:
+def build_assets(
+    guest: GuestConfig,
+    tools: ToolPaths,
+    *,
+    force: bool = False,
+    report: Report = lambda _msg: None,
+    cache: Path | None = None,
+) -> GuestAssets:
     """Make (or reuse) every guest asset and write the manifest."""
     cache = cache or cache_dir()
     cache.mkdir(parents=True, exist_ok=True)

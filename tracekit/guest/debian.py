@@ -37,15 +37,20 @@ class PackageRef:
 def _run(argv: list[str], *, cwd: Path | None = None, what: str) -> str:
     log.debug("run: %s", " ".join(argv))
     try:
-        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False,
-                              timeout=600)
+        proc = subprocess.run(
+            argv, cwd=cwd, capture_output=True, text=True, check=False, timeout=600
+        )
     except FileNotFoundError:
-        raise GuestBuildError(f"{what}: {argv[0]} not found",
-                              hint="run on Debian 12, or `tracekit doctor` for the fix") from None
+        raise GuestBuildError(
+            f"{what}: {argv[0]} not found",
+            hint="run on Debian 12, or `tracekit doctor` for the fix",
+        ) from None
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise GuestBuildError(f"{what} failed: {tail[0]}",
-                              hint="check `apt-get update` and `dpkg --add-architecture arm64`")
+        raise GuestBuildError(
+            f"{what} failed: {tail[0]}",
+            hint="check `apt-get update` and `dpkg --add-architecture arm64`",
+        )
     return proc.stdout
 
 
@@ -87,9 +92,18 @@ def download(ref: PackageRef, dest: Path, tools: ToolPaths) -> Path:
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
         # apt drops privileges to _apt for downloads; a root-owned temp dir would make it
         # warn, so run the download as root explicitly.
-        _run([tools.apt_get, "-q", "-o", "APT::Sandbox::User=root", "download",
-              f"{ref.name}:{ref.architecture}={ref.version}"],
-             cwd=Path(tmp), what=f"download of {ref.spec}")
+        _run(
+            [
+                tools.apt_get,
+                "-q",
+                "-o",
+                "APT::Sandbox::User=root",
+                "download",
+                f"{ref.name}:{ref.architecture}={ref.version}",
+            ],
+            cwd=Path(tmp),
+            what=f"download of {ref.spec}",
+        )
         debs = list(Path(tmp).glob("*.deb"))
         if len(debs) != 1:
             raise GuestBuildError(f"download of {ref.spec} produced {len(debs)} files")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -18,8 +19,13 @@ from tracekit.vm.argv import LaunchSpec, build_argv
 from tracekit.vm.qemu import QemuProcess
 from tracekit.vm.runtime import RuntimeDir
 
-__all__ = ["ScenarioRequest", "GuestRunResult", "run_scenario", "scenario_kernel_args",
-           "validate_request"]
+__all__ = [
+    "GuestRunResult",
+    "ScenarioRequest",
+    "run_scenario",
+    "scenario_kernel_args",
+    "validate_request",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +63,17 @@ def validate_request(spec: ScenarioSpec, count: int | None, vcpus: int) -> Scena
 
 
 def scenario_kernel_args(req: ScenarioRequest, *, hold: bool = False) -> tuple[str, ...]:
-    args = (f"tracekit.scenario={req.scenario.name}", f"tracekit.count={req.count}",
-            f"tracekit.vcpus={req.vcpus}")
+    args = (
+        f"tracekit.scenario={req.scenario.name}",
+        f"tracekit.count={req.count}",
+        f"tracekit.vcpus={req.vcpus}",
+    )
     return (*args, "tracekit.hold=1") if hold else args
 
 
 def parse_ready(line: str) -> dict[str, Any]:
     try:
-        data = json.loads(line[len(READY):])
+        data = json.loads(line[len(READY) :])
     except json.JSONDecodeError:
         raise VMError(f"L1 printed a malformed ready line: {line[:80]!r}") from None
     return dict(data)
@@ -72,11 +81,15 @@ def parse_ready(line: str) -> dict[str, Any]:
 
 def check_ready(ready: dict[str, Any], profile: MachineProfile) -> None:
     if ready.get("dev_kvm") != "yes":
-        raise VMError("L1 booted without /dev/kvm",
-                      hint="the kernel needs KVM and QEMU needs virtualization=on")
+        raise VMError(
+            "L1 booted without /dev/kvm",
+            hint="the kernel needs KVM and QEMU needs virtualization=on",
+        )
     if ready.get("kvm_mode") != profile.kvm_mode:
-        raise VMError(f"L1 KVM came up in {ready.get('kvm_mode')!r} mode, "
-                      f"the machine profile {profile.name!r} expects {profile.kvm_mode!r}")
+        raise VMError(
+            f"L1 KVM came up in {ready.get('kvm_mode')!r} mode, "
+            f"the machine profile {profile.name!r} expects {profile.kvm_mode!r}"
+        )
 
 
 def run_scenario(
@@ -90,32 +103,39 @@ def run_scenario(
 ) -> GuestRunResult:
     """Boot L1, run the scenario in L2, return its ground truth; QEMU always ends."""
     runtime = RuntimeDir.create()
-    spec = LaunchSpec(qemu=tools.qemu, kernel=assets.image_path, initrd=assets.initramfs_path,
-                      kernel_args=scenario_kernel_args(req), qmp=False)
+    spec = LaunchSpec(
+        qemu=tools.qemu,
+        kernel=assets.image_path,
+        initrd=assets.initramfs_path,
+        kernel_args=scenario_kernel_args(req),
+        qmp=False,
+    )
     start = time.monotonic()
     try:
         with QemuProcess(build_argv(profile, spec, runtime), runtime) as qemu:
             on_phase("booting L1")
-            line = qemu.wait_for_line([READY, L1_ERROR], profile.boot_timeout_s,
-                                      deadline_what="L1 to boot")
+            line = qemu.wait_for_line(
+                [READY, L1_ERROR], profile.boot_timeout_s, deadline_what="L1 to boot"
+            )
             boot_s = time.monotonic() - start
             if line.startswith(L1_ERROR):
-                raise VMError("L1: " + line[len(L1_ERROR):])
+                raise VMError("L1: " + line[len(L1_ERROR) :])
             ready = parse_ready(line)
             check_ready(ready, profile)
             on_phase(f"running scenario {req.scenario.name} in L2")
-            line = qemu.wait_for_line([GROUND_TRUTH_PREFIX, DONE],
-                                      req.scenario.timeout_s,
-                                      deadline_what=f"the {req.scenario.name} ground truth")
+            line = qemu.wait_for_line(
+                [GROUND_TRUTH_PREFIX, DONE],
+                req.scenario.timeout_s,
+                deadline_what=f"the {req.scenario.name} ground truth",
+            )
             if line.startswith(DONE):
                 raise GroundTruthError(
-                    f"the L2 VMM ended without a ground-truth line ({line[len(DONE):]})",
-                    hint=f"see {runtime.console_log}")
+                    f"the L2 VMM ended without a ground-truth line ({line[len(DONE) :]})",
+                    hint=f"see {runtime.console_log}",
+                )
             truth = parse_ground_truth_line(line)
-            try:
+            with contextlib.suppress(VMError):
                 qemu.wait_for_line([DONE], 30, deadline_what="L1 to finish")
-            except VMError:
-                pass
             total = time.monotonic() - start
             result = GuestRunResult(truth, ready, boot_s, total, runtime.console_log)
     except BaseException:

@@ -432,8 +432,8 @@ def symbols_from_image(image: bytes, *, source: str = "the kernel image") -> Sym
     :raises KernelImageError: no kallsyms table found.
     """
     try:
-        from vmlinux_to_elf.core.auto_unpack import VmlinuzDecompressor  # noqa: PLC0415
-        from vmlinux_to_elf.core.kallsyms import KallsymsFinder  # noqa: PLC0415
+        from vmlinux_to_elf.core.auto_unpack import VmlinuzDecompressor
+        from vmlinux_to_elf.core.kallsyms import KallsymsFinder
     except ImportError as exc:
         raise EnvironmentProblem(
             "the vmlinux-to-elf package is not installed",

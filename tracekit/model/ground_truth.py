@@ -105,8 +105,14 @@ class GroundTruth:
             "errors": list(self.errors),
             "per_class": self.per_class(),
             "interrupts": [
-                {"class": i.cls, "intid": i.intid, "vcpu": i.vcpu, "source": i.source,
-                 "sent": i.sent, "acked": i.acked}
+                {
+                    "class": i.cls,
+                    "intid": i.intid,
+                    "vcpu": i.vcpu,
+                    "source": i.source,
+                    "sent": i.sent,
+                    "acked": i.acked,
+                }
                 | ({"from_vcpu": i.from_vcpu} if i.from_vcpu is not None else {})
                 for i in self.interrupts
             ],
@@ -132,12 +138,14 @@ def parse_ground_truth_line(line: str) -> GroundTruth:
     text = line.strip()
     if not text.startswith(GROUND_TRUTH_PREFIX.strip()):
         raise GroundTruthError(f"not a ground-truth line: {text[:60]!r}")
-    payload = text[len(GROUND_TRUTH_PREFIX.strip()):].strip()
+    payload = text[len(GROUND_TRUTH_PREFIX.strip()) :].strip()
     try:
         data = json.loads(payload)
     except json.JSONDecodeError as exc:
-        raise GroundTruthError(f"ground-truth line is not valid JSON ({exc.msg})",
-                               hint="the L1 console may be garbled; see console.log") from None
+        raise GroundTruthError(
+            f"ground-truth line is not valid JSON ({exc.msg})",
+            hint="the L1 console may be garbled; see console.log",
+        ) from None
     if not isinstance(data, dict):
         raise GroundTruthError("ground-truth JSON should be an object")
     try:

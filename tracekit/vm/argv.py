@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ def build_argv(profile: MachineProfile, spec: LaunchSpec, runtime: RuntimeDir) -
     ]
     # fmt: on
     if profile.icount:
-        argv += ["-icount", profile.icount]   # L1's clock counts instructions (timebase.md)
+        argv += ["-icount", profile.icount]  # L1's clock counts instructions (timebase.md)
     if spec.paused:
         argv += ["-S"]
     if spec.qmp:
@@ -77,6 +78,4 @@ def build_argv(profile: MachineProfile, spec: LaunchSpec, runtime: RuntimeDir) -
 
 
 def shell_quote(argv: Sequence[str]) -> str:
-    import shlex
-
     return " ".join(shlex.quote(a) for a in argv)

@@ -8,6 +8,7 @@ console is read line by line from the ``-serial stdio`` pipe into ``console.log`
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import logging
 import queue
@@ -59,24 +60,28 @@ class QemuProcess:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, before exec
                 start_new_session=True,
             )
         except FileNotFoundError:
-            raise VMError(f"{self.argv[0]} not found",
-                          hint="install qemu-system-arm (see `tracekit doctor`)") from None
+            raise VMError(
+                f"{self.argv[0]} not found", hint="install qemu-system-arm (see `tracekit doctor`)"
+            ) from None
         finally:
             stderr.close()
-        self._reader = threading.Thread(target=self._read_console, name="qemu-console",
-                                        daemon=True)
+        self._reader = threading.Thread(target=self._read_console, name="qemu-console", daemon=True)
         self._reader.start()
         return self
 
     def __enter__(self) -> QemuProcess:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     @property
@@ -106,10 +111,8 @@ class QemuProcess:
                 proc.kill()
                 proc.wait(grace_s)
         if proc.stdin:
-            try:
+            with contextlib.suppress(OSError):
                 proc.stdin.close()
-            except OSError:
-                pass
         if self._reader:
             self._reader.join(timeout=2)
         return proc.returncode

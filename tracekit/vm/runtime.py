@@ -22,7 +22,9 @@ class RuntimeDir:
     @classmethod
     def create(cls, prefix: str = "tracekit-") -> RuntimeDir:
         base = os.environ.get("XDG_RUNTIME_DIR")
-        path = Path(tempfile.mkdtemp(prefix=prefix, dir=base if base and os.path.isdir(base) else None))
+        path = Path(
+            tempfile.mkdtemp(prefix=prefix, dir=base if base and os.path.isdir(base) else None)
+        )
         os.chmod(path, 0o700)
         return cls(path)
 
