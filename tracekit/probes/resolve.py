@@ -1,0 +1,145 @@
+"""Resolve a probe set against one kernel: addresses from kallsyms, offsets from BTF (pure).
+
+A probe whose symbol is absent (inlined) falls back to the first present symbol in its
+``fallbacks`` and is reported; a phase left without any probe is an error naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tracekit.errors import SymbolError
+from tracekit.kernel.kallsyms import SymbolTable, instruction_at
+from tracekit.probes.capture import to_gdb
+from tracekit.probes.spec import PHASES, ProbeSet, ProbeSpec
+
+__all__ = ["ResolvedProbe", "ResolvedProbeSet", "resolve_probes"]
+
+ERET = 0xD69F03E0
+#: Longest function body scanned for an interior point (bytes).
+SCAN_LIMIT = 0x2000
+
+
+@dataclass(frozen=True)
+class ResolvedProbe:
+    spec: ProbeSpec
+    address: int
+    #: The symbol actually used (the spec's, or a fallback).
+    symbol: str
+    #: ``func+0x10`` for humans.
+    location: str
+    #: (capture name, GDB expression), in the spec's order.
+    gdb_captures: tuple[tuple[str, str], ...]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class ResolvedProbeSet:
+    probes: tuple[ResolvedProbe, ...]
+    #: (probe name, why it was left out) for optional probes that could not be resolved.
+    skipped: tuple[tuple[str, str], ...]
+    #: Probes that use a fallback symbol: (probe name, fallback used).
+    fallbacks_used: tuple[tuple[str, str], ...]
+
+    def by_address(self) -> dict[int, ResolvedProbe]:
+        return {p.address: p for p in self.probes}
+
+    def stop_probes(self) -> list[ResolvedProbe]:
+        return [p for p in self.probes if p.spec.mode == "stop"]
+
+
+def _function_end(symbols: SymbolTable, start: int) -> int:
+    following = [s.address for s in symbols if s.address > start]
+    return min(following, default=start + SCAN_LIMIT)
+
+
+def _interior(spec: ProbeSpec, start: int, image: bytes, symbols: SymbolTable) -> int:
+    end = min(_function_end(symbols, start), start + SCAN_LIMIT)
+    target = symbols.address(spec.after_call) if spec.after_call else None
+    for addr in range(start, end, 4):
+        insn = instruction_at(image, symbols, addr)
+        if spec.instruction == "eret" and insn == ERET:
+            return addr
+        if target is not None and insn & 0xFC000000 == 0x94000000:  # BL imm26
+            imm = insn & 0x03FFFFFF
+            delta = (imm - (1 << 26) if imm & (1 << 25) else imm) * 4
+            if addr + delta == target:
+                return addr + 4
+    what = f"a bl to {spec.after_call}" if spec.after_call else f"an {spec.instruction}"
+    raise SymbolError(
+        f"probe {spec.name}: no {what} inside {spec.symbol}",
+        hint="the kernel build differs; adjust the probe set",
+    )
+
+
+def _resolve_one(
+    spec: ProbeSpec, symbols: SymbolTable, image: bytes, offset_of: Callable[[str], int]
+) -> tuple[ResolvedProbe, str | None]:
+    candidates = (spec.symbol, *spec.fallbacks)
+    used = next((s for s in candidates if symbols.has(s)), None)
+    if used is None:
+        raise SymbolError(
+            f"probe {spec.name} (phase {spec.phase}): symbol {spec.symbol} is absent"
+            + (
+                f" and so are its fallbacks {', '.join(spec.fallbacks)}"
+                if spec.fallbacks
+                else " (inlined?) and it has no fallback"
+            ),
+            hint="add a fallback symbol to the probe set",
+        )
+    addrs = symbols.addresses(used)
+    if len(addrs) != 1:
+        raise SymbolError(
+            f"probe {spec.name}: {used} is ambiguous ({len(addrs)} addresses)",
+            hint="use a unique symbol plus an offset",
+        )
+    addr = addrs[0] + spec.offset
+    if spec.after_call or spec.instruction:
+        addr = _interior(spec, addrs[0], image, symbols)
+    captures = tuple(
+        (name, to_gdb(expr, offset_of, f"probe {spec.name}: capture.{name}"))
+        for name, expr in spec.capture.items()
+    )
+    probe = ResolvedProbe(spec, addr, used, symbols.symbolize(addr), captures)
+    return probe, (used if used != spec.symbol else None)
+
+
+def resolve_probes(
+    pset: ProbeSet, symbols: SymbolTable, image: bytes, offset_of: Callable[[str], int]
+) -> ResolvedProbeSet:
+    """Resolve every probe; raise SymbolError for a required probe or an uncovered phase."""
+    resolved: list[ResolvedProbe] = []
+    skipped: list[tuple[str, str]] = []
+    fallbacks: list[tuple[str, str]] = []
+    for spec in pset.probes:
+        try:
+            probe, fallback = _resolve_one(spec, symbols, image, offset_of)
+        except SymbolError as exc:
+            if spec.required:
+                raise
+            skipped.append((spec.name, exc.message))
+            continue
+        resolved.append(probe)
+        if fallback:
+            fallbacks.append((spec.name, fallback))
+    covered = {p.spec.phase for p in resolved}
+    for phase in PHASES:
+        if phase not in covered:
+            raise SymbolError(
+                f"probe set {pset.source} cannot cover phase {phase}: none of its probes "
+                "resolved in this kernel",
+                hint="add a probe (or a fallback) for that phase",
+            )
+    seen: dict[int, str] = {}
+    for p in resolved:
+        if p.address in seen:
+            raise SymbolError(
+                f"probes {seen[p.address]} and {p.name} share address {p.address:#x}",
+                hint="give each probe its own address",
+            )
+        seen[p.address] = p.name
+    return ResolvedProbeSet(tuple(resolved), tuple(skipped), tuple(fallbacks))

@@ -1,0 +1,205 @@
+/*
+ * tk_timebase: a QEMU TCG plugin that timestamps tracekit's probe points on the
+ * instruction-count timeline, without ever stopping the guest.
+ *
+ * Why: under -icount shift=0 one guest nanosecond is one executed instruction, and a
+ * debugger stop freezes that clock, so "instructions executed so far (all vCPUs)" is a
+ * timeline debugger overhead cannot stretch (docs/timebase.md). The plugin API of QEMU
+ * 7.2 (version 1) cannot read registers, so values still come from GDB; this plugin only
+ * says *when* each probe PC executed and *when* each GIC system register was accessed.
+ *
+ * Output, through QEMU's log (-d plugin -D FILE), interleaved in execution order with
+ * QEMU's own trace events (the log backend writes to the same file):
+ *   TKP <vcpu> <pc-hex> <t>   a probe PC executed on <vcpu> at instruction count <t>
+ *   TKS <vcpu> <t>            a GIC CPU-interface sysreg access (op0=3, CRn=12: ICC_*,
+ *                             ICV_*, ICH_*) is about to execute; the trace event it may
+ *                             raise (gicv3_ich_lr_write, gicv3_icv_iar_read, ...) follows
+ *   TKE <t>                   QEMU is exiting
+ *
+ * Arguments: probes=FILE (one hex PC per line).
+ *
+ * Debian packages no qemu-plugin.h, so the few declarations used are restated below
+ * from QEMU's include/qemu/qemu-plugin.h (API version 1, as in QEMU 7.2).
+ */
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- QEMU plugin API (version 1) declarations ------------------------------------ */
+typedef uint64_t qemu_plugin_id_t;
+typedef struct qemu_info_t {
+    const char *target_name;
+    struct { int min; int cur; } version;
+    bool system_emulation;
+    union { struct { int smp_vcpus; int max_vcpus; } system; };
+} qemu_info_t;
+struct qemu_plugin_tb;
+struct qemu_plugin_insn;
+enum qemu_plugin_cb_flags { QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_CB_RW_REGS };
+enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
+typedef void (*qemu_plugin_vcpu_tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
+typedef void (*qemu_plugin_vcpu_udata_cb_t)(unsigned int vcpu_index, void *userdata);
+typedef void (*qemu_plugin_udata_cb_t)(qemu_plugin_id_t id, void *userdata);
+void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, qemu_plugin_vcpu_tb_trans_cb_t cb);
+void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb, enum qemu_plugin_op op,
+                                              void *ptr, uint64_t imm);
+void qemu_plugin_register_vcpu_insn_exec_cb(struct qemu_plugin_insn *insn,
+                                            qemu_plugin_vcpu_udata_cb_t cb,
+                                            enum qemu_plugin_cb_flags flags, void *userdata);
+size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
+struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb, size_t idx);
+const void *qemu_plugin_insn_data(const struct qemu_plugin_insn *insn);
+size_t qemu_plugin_insn_size(const struct qemu_plugin_insn *insn);
+uint64_t qemu_plugin_insn_vaddr(const struct qemu_plugin_insn *insn);
+void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id, qemu_plugin_udata_cb_t cb, void *userdata);
+void qemu_plugin_outs(const char *string);
+
+#define EXPORT __attribute__((visibility("default")))
+EXPORT int qemu_plugin_version = 1;
+
+/* ---- state ------------------------------------------------------------------------- */
+/* Instructions executed by all vCPUs. Under -icount TCG runs the vCPUs round-robin on
+ * one thread, so a plain (non-atomic) counter is exact. */
+static uint64_t insn_count;
+static uint64_t *probes;
+static size_t n_probes;
+
+/* Per instrumented instruction: its PC and how many instructions of its block come
+ * after it (the block's inline add already counted the whole block at block entry). */
+struct site {
+    uint64_t pc;
+    uint64_t after;
+};
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static bool is_probe(uint64_t pc)
+{
+    return n_probes && bsearch(&pc, probes, n_probes, sizeof(*probes), cmp_u64) != NULL;
+}
+
+/* MSR/MRS (register) with op0 == 3 and CRn == 12: the GIC CPU interface block of the
+ * system register space (Arm ARM C5.2; ICC_SGI1R_EL1 is 3,0,12,11,5; ICH_LR<n>_EL2 is
+ * 3,4,12,12|13,n; ICC_IAR1_EL1 3,0,12,12,0). Encoding: 1101010100 L 1 op0 op1 CRn CRm op2 Rt. */
+static bool is_gic_sysreg(uint32_t insn)
+{
+    if ((insn & 0xffd00000u) != 0xd5100000u) {
+        return false;
+    }
+    uint32_t op0 = 2 | ((insn >> 19) & 1);
+    uint32_t crn = (insn >> 12) & 0xf;
+    return op0 == 3 && crn == 12;
+}
+
+static void on_probe(unsigned int vcpu, void *udata)
+{
+    struct site *s = udata;
+    char buf[80];
+    snprintf(buf, sizeof(buf), "TKP %u %" PRIx64 " %" PRIu64 "\n", vcpu, s->pc,
+             insn_count - s->after);
+    qemu_plugin_outs(buf);
+}
+
+static void on_gic_sysreg(unsigned int vcpu, void *udata)
+{
+    struct site *s = udata;
+    char buf[64];
+    snprintf(buf, sizeof(buf), "TKS %u %" PRIu64 "\n", vcpu, insn_count - s->after);
+    qemu_plugin_outs(buf);
+}
+
+static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
+{
+    (void)id;
+    size_t n = qemu_plugin_tb_n_insns(tb);
+    qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &insn_count, n);
+    for (size_t i = 0; i < n; i++) {
+        struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+        uint64_t pc = qemu_plugin_insn_vaddr(insn);
+        uint32_t word = 0;
+        if (qemu_plugin_insn_size(insn) == 4) {
+            memcpy(&word, qemu_plugin_insn_data(insn), 4);
+        }
+        bool probe = is_probe(pc), gic = is_gic_sysreg(word);
+        if (!probe && !gic) {
+            continue;
+        }
+        /* Sites live as long as the translation; leaked on re-translation (bounded by
+         * the number of re-translations of probed blocks). */
+        struct site *s = malloc(sizeof(*s));
+        if (!s) {
+            continue;
+        }
+        s->pc = pc;
+        s->after = n - i;
+        qemu_plugin_register_vcpu_insn_exec_cb(insn, probe ? on_probe : on_gic_sysreg,
+                                               QEMU_PLUGIN_CB_NO_REGS, s);
+    }
+}
+
+static void on_qemu_exit(qemu_plugin_id_t id, void *udata)
+{
+    (void)id;
+    (void)udata;
+    char buf[64];
+    snprintf(buf, sizeof(buf), "TKE %" PRIu64 "\n", insn_count);
+    qemu_plugin_outs(buf);
+}
+
+static int load_probes(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "tk_timebase: cannot open probes file %s\n", path);
+        return -1;
+    }
+    size_t cap = 64;
+    probes = malloc(cap * sizeof(*probes));
+    char line[64];
+    while (probes && fgets(line, sizeof(line), f)) {
+        char *end;
+        uint64_t pc = strtoull(line, &end, 16);
+        if (end == line) {
+            continue;
+        }
+        if (n_probes == cap) {
+            cap *= 2;
+            uint64_t *grown = realloc(probes, cap * sizeof(*probes));
+            if (!grown) {
+                break;
+            }
+            probes = grown;
+        }
+        probes[n_probes++] = pc;
+    }
+    fclose(f);
+    if (probes) {
+        qsort(probes, n_probes, sizeof(*probes), cmp_u64);
+    }
+    return 0;
+}
+
+EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc,
+                               char **argv)
+{
+    if (!info->system_emulation) {
+        fprintf(stderr, "tk_timebase: system emulation only\n");
+        return -1;
+    }
+    for (int i = 0; i < argc; i++) {
+        if (strncmp(argv[i], "probes=", 7) == 0 && load_probes(argv[i] + 7) != 0) {
+            return -1;
+        }
+    }
+    qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
+    qemu_plugin_register_atexit_cb(id, on_qemu_exit, NULL);
+    return 0;
+}
