@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tracekit.config import CONFIG_DIR, ConfigError, from_mapping, load_toml
+from tracekit.config import CONFIG_DIR, from_mapping, load_toml
+from tracekit.errors import ConfigError
 
 __all__ = ["PHASES", "ProbeSet", "ProbeSpec", "load_probe_set"]
 

@@ -33,6 +33,8 @@ class LaunchSpec:
     #: TCG plugin shared object and its arguments.
     plugin: Path | None = None
     plugin_args: tuple[str, ...] = field(default_factory=tuple)
+    #: Where ``-D`` writes (default: qemu.log in the runtime directory).
+    log_file: Path | None = None
 
 
 def build_argv(profile: MachineProfile, spec: LaunchSpec, runtime: RuntimeDir) -> list[str]:
@@ -63,7 +65,7 @@ def build_argv(profile: MachineProfile, spec: LaunchSpec, runtime: RuntimeDir) -
         # A unix socket, never "-s" (which is tcp::1234 on every interface).
         argv += ["-gdb", f"unix:{runtime.gdb_socket},server=on,wait=off"]
     if spec.trace_events or spec.log_items or spec.plugin:
-        argv += ["-D", str(runtime.qemu_log)]
+        argv += ["-D", str(spec.log_file or runtime.qemu_log)]
     if spec.trace_events:
         argv += ["-msg", "timestamp=on"]
         for pattern in spec.trace_events:

@@ -146,6 +146,19 @@ class QemuProcess:
         except BrokenPipeError:
             raise VMError("QEMU exited; the L1 console is closed") from None
 
+    def drain_lines(self) -> list[str]:
+        """Console lines that arrived since the last call (never blocks)."""
+        out: list[str] = []
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                return out
+            if line is None:
+                self._lines.put(None)  # keep the end marker for wait_for_line
+                return out
+            out.append(line)
+
     def wait_for_line(
         self,
         prefixes: Sequence[str],

@@ -1,0 +1,153 @@
+"""A GDB/MI session over pygdbmi: gdb-multiarch attached to QEMU's GDB stub.
+
+pygdbmi starts GDB and parses MI records; reading is done here with ``select`` on GDB's
+stdout, so a read returns as soon as a record arrives instead of sleeping a fixed poll
+interval (pygdbmi's default costs ~200 ms per command; cs01/pygdbmi#37). Commands carry
+tokens so results are matched to their command even when pipelined.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pygdbmi import gdbmiparser
+from pygdbmi.gdbcontroller import GdbController
+
+from tracekit.errors import DebuggerError
+
+__all__ = ["MiRecord", "MiSession", "parse_record"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MiRecord:
+    """One parsed MI output record (``type``: result, notify, console, log, target...)."""
+
+    type: str
+    message: str | None
+    payload: Any
+    token: int | None
+
+
+def parse_record(line: str) -> MiRecord | None:
+    """Translate one line of MI output; ``None`` for the ``(gdb)`` prompt and blanks."""
+    text = line.strip()
+    if not text or text == "(gdb)":
+        return None
+    try:
+        raw = gdbmiparser.parse_response(text)
+    except Exception as exc:  # pygdbmi raises bare exceptions on malformed input
+        raise DebuggerError(f"unparsable GDB/MI output {text[:60]!r}: {exc}") from None
+    token = raw.get("token")
+    return MiRecord(str(raw.get("type")), raw.get("message"), raw.get("payload"),
+                    int(token) if isinstance(token, int) else None)
+
+
+class MiSession:
+    """gdb-multiarch in MI3 mode. Use as a context manager; GDB always exits."""
+
+    def __init__(self, gdb: str, *, transcript: Path | None = None) -> None:
+        try:
+            self._ctl = GdbController(
+                command=[gdb, "--nx", "--quiet", "--interpreter=mi3"],
+                time_to_check_for_additional_output_sec=0.0,
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            raise DebuggerError(f"cannot start {gdb}: {exc}",
+                                hint="install gdb-multiarch (see `tracekit doctor`)") from None
+        proc = self._ctl.gdb_process
+        assert proc is not None and proc.stdout is not None and proc.stdin is not None
+        self._proc = proc
+        self._fd = proc.stdout.fileno()
+        self._buf = b""
+        self._token = 1000
+        self._transcript = transcript.open("a") if transcript else None
+        self.pending: list[MiRecord] = []
+
+    @property
+    def pid(self) -> int:
+        return int(self._proc.pid)
+
+    def __enter__(self) -> MiSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._ctl.exit()
+        except Exception:  # GDB may already be gone; it must not outlive us either way
+            if self._proc.poll() is None:
+                self._proc.kill()
+        if self._transcript:
+            self._transcript.close()
+            self._transcript = None
+
+    # -- writing -----------------------------------------------------------------------
+
+    def send(self, commands: Sequence[str]) -> list[int]:
+        """Write commands without waiting; return their tokens."""
+        tokens = []
+        lines = []
+        for cmd in commands:
+            self._token += 1
+            tokens.append(self._token)
+            lines.append(f"{self._token}{cmd}\n")
+        data = "".join(lines)
+        if self._transcript:
+            self._transcript.write(data)
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(data.encode())
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise DebuggerError("GDB exited unexpectedly",
+                                hint="see the GDB transcript in the run directory") from None
+        return tokens
+
+    # -- reading -----------------------------------------------------------------------
+
+    def records(self, timeout: float) -> Iterator[MiRecord]:
+        """Yield records as they arrive, until ``timeout`` seconds pass with none."""
+        while True:
+            while b"\n" in self._buf:
+                raw, self._buf = self._buf.split(b"\n", 1)
+                line = raw.decode("utf-8", "replace")
+                if self._transcript:
+                    self._transcript.write(line + "\n")
+                rec = parse_record(line)
+                if rec is not None:
+                    yield rec
+            ready, _, _ = select.select([self._fd], [], [], timeout)
+            if not ready:
+                return
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise DebuggerError("GDB closed its output (it exited or was killed)")
+            self._buf += data
+
+    def command(self, cmd: str, timeout: float = 30.0) -> MiRecord:
+        """Run one command and wait for its result; other records are kept in ``pending``."""
+        (token,) = self.send([cmd])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for rec in self.records(min(0.5, max(0.0, deadline - time.monotonic()))):
+                if rec.token == token and rec.type == "result":
+                    if rec.message == "error":
+                        msg = rec.payload.get("msg", "") if isinstance(rec.payload, dict) else ""
+                        raise DebuggerError(f"GDB refused {cmd!r}: {msg}")
+                    return rec
+                self.pending.append(rec)
+        raise DebuggerError(f"GDB did not answer {cmd!r} within {timeout:.0f} s")

@@ -1,0 +1,101 @@
+"""Merge GDB breakpoint hits and the QEMU log into one ordered raw event stream (pure).
+
+Every probe PC is timestamped by the plugin (``TKP``). For ``stop`` probes GDB also
+reported the hit with the values it read; the k-th GDB hit of a PC on a CPU is the k-th
+plugin timing of that PC on that CPU (the breakpoint stops the CPU before the instruction;
+GDB's step over it then executes it, and the instruction count does not advance while the
+VM is stopped). Unmatched items on either side are counted, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracekit.model.events import RawEvent
+from tracekit.record.qemulog import GicEvent, LogStats, ProbeTiming, parse_qemu_log
+
+__all__ = ["GdbHit", "MergeStats", "ProbeInfo", "merge"]
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    name: str
+    address: int
+    phase: str
+    role: str
+    mode: str
+
+
+@dataclass(frozen=True)
+class GdbHit:
+    """One breakpoint hit as the recorder wrote it to hits.jsonl."""
+
+    probe: str
+    cpu: int
+    pc: int
+    values: Mapping[str, int]
+    #: False when the hit was not in L1-host context (wrong exception level): discarded.
+    host: bool = True
+
+    @classmethod
+    def from_json(cls, line: str) -> GdbHit:
+        d: dict[str, Any] = json.loads(line)
+        values = {k: int(v) for k, v in d.get("values", {}).items() if v is not None}
+        return cls(str(d["probe"]), int(d["cpu"]), int(d["pc"]), values,
+                   bool(d.get("host", True)))
+
+
+@dataclass
+class MergeStats:
+    log: LogStats = field(default_factory=LogStats)
+    events: int = 0
+    gdb_hits: int = 0
+    hits_without_timing: int = 0
+    stop_timings_without_hit: int = 0
+    unknown_pcs: int = 0
+    discarded_non_host: int = 0
+    per_probe: dict[str, int] = field(default_factory=dict)
+
+
+def merge(hits: Iterable[GdbHit], log_lines: Iterable[str], probes: Iterable[ProbeInfo],
+          stats: MergeStats | None = None) -> list[RawEvent]:
+    st = stats if stats is not None else MergeStats()
+    by_pc = {p.address: p for p in probes}
+    pending: dict[tuple[int, int], deque[GdbHit]] = defaultdict(deque)
+    for hit in hits:
+        st.gdb_hits += 1
+        pending[(hit.cpu, hit.pc)].append(hit)
+    events: list[RawEvent] = []
+    for item in parse_qemu_log(log_lines, st.log):
+        if isinstance(item, GicEvent):
+            events.append(RawEvent(item.t, item.cpu, "gic", item.name, item.role, "",
+                                   item.values))
+            continue
+        assert isinstance(item, ProbeTiming)
+        probe = by_pc.get(item.pc)
+        if probe is None:
+            st.unknown_pcs += 1
+            continue
+        values: Mapping[str, int] = {}
+        if probe.mode == "stop":
+            queue = pending.get((item.cpu, item.pc))
+            if not queue:
+                st.stop_timings_without_hit += 1
+                continue
+            hit = queue.popleft()
+            if not hit.host:
+                st.discarded_non_host += 1
+                continue
+            values = hit.values
+        st.per_probe[probe.name] = st.per_probe.get(probe.name, 0) + 1
+        events.append(RawEvent(item.t, item.cpu, "probe", probe.name, probe.role, probe.phase,
+                               values))
+    st.hits_without_timing = sum(len(q) for q in pending.values())
+    # Stable sort: equal timestamps keep log order (the execution order).
+    events.sort(key=lambda e: e.t)
+    st.events = len(events)
+    return events

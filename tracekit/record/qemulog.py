@@ -1,0 +1,119 @@
+"""Parse QEMU's log (``-D``): the timebase plugin's lines and GICv3 trace events (pure).
+
+Under ``-icount`` all vCPUs run round-robin on one thread, so the log is in execution
+order: a trace event raised by a GIC system-register access comes right after the plugin's
+``TKS`` marker for that access and takes its timestamp. Formats are QEMU 7.2's
+``hw/intc/trace-events`` (log backend).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+__all__ = ["GicEvent", "LogStats", "ProbeTiming", "parse_qemu_log"]
+
+_PREFIX = re.compile(r"^\d+@\d+\.\d+:")
+_LR_WRITE = re.compile(r"ICH_LR(\d+)_EL2 write cpu 0x([0-9a-f]+) value 0x([0-9a-f]+)")
+_IAR = re.compile(r"ICV_IAR(\d) read cpu 0x([0-9a-f]+) value 0x([0-9a-f]+)")
+_EOIR = re.compile(r"ICV_EOIR(\d) write cpu 0x([0-9a-f]+) value 0x([0-9a-f]+)")
+_SGI = re.compile(r"CPU i/f 0x([0-9a-f]+) generating SGI (\d+) IRM (\d+) .*targetlist 0x([0-9a-f]+)")
+
+
+@dataclass(frozen=True)
+class ProbeTiming:
+    cpu: int
+    pc: int
+    t: int
+
+
+@dataclass(frozen=True)
+class GicEvent:
+    cpu: int
+    t: int
+    name: str
+    role: str
+    values: dict[str, int]
+
+
+@dataclass
+class LogStats:
+    lines: int = 0
+    probe_lines: int = 0
+    gic_events: int = 0
+    ignored: int = 0
+    untimed_gic: int = 0
+    end_t: int | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def _lr_values(lr: int, value: int) -> dict[str, int]:
+    # ICH_LR<n>_EL2 layout: vINTID [31:0], pINTID [41:32] if HW, priority [55:48],
+    # group 60, HW 61, state [63:62] (1 pending, 2 active); arm64 sysreg.h:888-899.
+    return {
+        "lr": lr,
+        "value": value,
+        "vintid": value & 0xFFFFFFFF,
+        "state": (value >> 62) & 3,
+        "hw": (value >> 61) & 1,
+    }
+
+
+def parse_qemu_log(lines: Iterable[str], stats: LogStats | None = None,
+                   ) -> Iterator[ProbeTiming | GicEvent]:
+    """Yield probe timings and timed GIC events in log order; never raises on bad lines."""
+    st = stats if stats is not None else LogStats()
+    marker: dict[int, int] = {}
+    for raw in lines:
+        st.lines += 1
+        line = _PREFIX.sub("", raw.strip())
+        if not line:
+            continue
+        try:
+            if line.startswith("TKP "):
+                _, cpu, pc, t = line.split()
+                st.probe_lines += 1
+                yield ProbeTiming(int(cpu), int(pc, 16), int(t))
+            elif line.startswith("TKS "):
+                _, cpu, t = line.split()
+                marker[int(cpu)] = int(t)
+            elif line.startswith("TKE "):
+                st.end_t = int(line.split()[1])
+            elif line.startswith("gicv3_"):
+                ev = _gic(line, marker)
+                if ev is None:
+                    st.ignored += 1
+                elif ev.t < 0:
+                    st.untimed_gic += 1
+                else:
+                    st.gic_events += 1
+                    yield ev
+            else:
+                st.ignored += 1
+        except ValueError:
+            st.ignored += 1
+            if len(st.errors) < 5:
+                st.errors.append(f"unparsable log line {line[:60]!r}")
+
+
+def _gic(line: str, marker: dict[int, int]) -> GicEvent | None:
+    name = line.split(" ", 1)[0]
+    if name == "gicv3_ich_lr_write" and (m := _LR_WRITE.search(line)):
+        cpu = int(m.group(2), 16)
+        return GicEvent(cpu, marker.get(cpu, -1), name, "lr_write",
+                        _lr_values(int(m.group(1)), int(m.group(3), 16)))
+    if name == "gicv3_icv_iar_read" and (m := _IAR.search(line)):
+        cpu = int(m.group(2), 16)
+        return GicEvent(cpu, marker.get(cpu, -1), name, "ack",
+                        {"group": int(m.group(1)), "intid": int(m.group(3), 16)})
+    if name == "gicv3_icv_eoir_write" and (m := _EOIR.search(line)):
+        cpu = int(m.group(2), 16)
+        return GicEvent(cpu, marker.get(cpu, -1), name, "eoi",
+                        {"group": int(m.group(1)), "intid": int(m.group(3), 16)})
+    if name == "gicv3_icc_generate_sgi" and (m := _SGI.search(line)):
+        cpu = int(m.group(1), 16)
+        return GicEvent(cpu, marker.get(cpu, -1), name, "sgi_generate",
+                        {"sgi": int(m.group(2)), "irm": int(m.group(3)),
+                         "targetlist": int(m.group(4), 16)})
+    return None

@@ -1,0 +1,410 @@
+"""``tracekit record``: run a scenario in the nested stack and record the L1 KVM path.
+
+Orchestration only (I/O): QEMU starts paused with QMP and the GDB stub on unix sockets in a
+0700 runtime directory; the TCG plugin timestamps every probe PC into QEMU's log; GDB
+breakpoints stop the CPU only at ``stop`` probes, whose values are read and appended to
+``hits.jsonl`` at once. When the workload prints its ground truth (or on --duration or
+Ctrl-C) everything is shut down, and the raw files are merged into ``events.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from tracekit.config import MachineProfile, ToolPaths
+from tracekit.errors import DebuggerError, TracekitError, VMError
+from tracekit.gdb.mi import MiRecord, MiSession
+from tracekit.guest.assets import GuestAssets
+from tracekit.guest.runner import (
+    DONE,
+    L1_ERROR,
+    READY,
+    ScenarioRequest,
+    check_ready,
+    parse_ready,
+    scenario_kernel_args,
+)
+from tracekit.kernel.btf import load_btf_from_file
+from tracekit.kernel.kallsyms import SymbolTable
+from tracekit.model.events import RawEvent, write_events
+from tracekit.model.ground_truth import GROUND_TRUTH_PREFIX, GroundTruth, parse_ground_truth_line
+from tracekit.probes.resolve import ResolvedProbe, ResolvedProbeSet, resolve_probes
+from tracekit.probes.spec import load_probe_set
+from tracekit.record.merge import GdbHit, MergeStats, ProbeInfo, merge
+from tracekit.vm.argv import LaunchSpec, build_argv
+from tracekit.vm.plugin import ensure_plugin
+from tracekit.vm.qemu import QemuProcess
+from tracekit.vm.qmp import Monitor
+from tracekit.vm.runtime import RuntimeDir
+
+__all__ = ["LiveStats", "RecordOptions", "RecordResult", "Recorder", "raw_dir_for"]
+
+log = logging.getLogger(__name__)
+
+#: QEMU GICv3 trace events recorded as the hardware-side view (hw/intc/trace-events).
+GIC_TRACE_EVENTS = (
+    "gicv3_ich_lr_write",
+    "gicv3_icv_iar_read",
+    "gicv3_icv_eoir_write",
+    "gicv3_icc_generate_sgi",
+)
+
+
+def raw_dir_for(output: Path) -> Path:
+    """``trace.pftrace`` keeps its raw files in ``trace.raw/``."""
+    return output.with_suffix(".raw")
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    request: ScenarioRequest
+    profile: MachineProfile
+    output: Path
+    duration_s: float | None = None
+    probe_set: str = "linux-6.1"
+    #: Seconds without any progress (hits or console output) before it counts as a hang.
+    stall_timeout_s: float = 120.0
+
+
+@dataclass
+class LiveStats:
+    """What the live progress display shows; updated by the recorder."""
+
+    phase: str = "starting"
+    started: float = field(default_factory=time.monotonic)
+    stops: int = 0
+    discarded: int = 0
+    hits: Counter[str] = field(default_factory=Counter)
+    phases_seen: set[str] = field(default_factory=set)
+    console_tail: list[str] = field(default_factory=list)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass
+class RecordResult:
+    output: Path
+    raw_dir: Path
+    events: list[RawEvent]
+    ground_truth: GroundTruth | None
+    meta: dict[str, Any]
+    merge_stats: MergeStats
+    ended_by: str
+    incomplete_reason: str | None = None
+
+
+def _offset_resolver(assets: GuestAssets) -> Callable[[str], int]:
+    layout = json.loads(Path(assets.layout).read_text())
+    btf_cache: list[Any] = []
+
+    def offset_of(member: str) -> int:
+        if member in layout:
+            return int(layout[member]["offset"])
+        if not btf_cache:
+            btf_cache.append(load_btf_from_file(assets.image_path))
+        return int(btf_cache[0].member_offset(member))
+
+    return offset_of
+
+
+def resolve_for(assets: GuestAssets, probe_set: str) -> ResolvedProbeSet:
+    symbols = SymbolTable.from_json(Path(assets.symbols).read_text())
+    image = assets.image_path.read_bytes()
+    return resolve_probes(load_probe_set(probe_set), symbols, image, _offset_resolver(assets))
+
+
+class Recorder:
+    def __init__(self, options: RecordOptions, assets: GuestAssets, tools: ToolPaths,
+                 on_update: Callable[[LiveStats], None] = lambda _s: None) -> None:
+        self.opts = options
+        self.assets = assets
+        self.tools = tools
+        self.on_update = on_update
+        self.stats = LiveStats()
+        self.raw_dir = raw_dir_for(options.output)
+        self._hits_file: TextIO | None = None
+        self._seq = 0
+        self._inflight: dict[int, tuple[dict[str, Any], str]] = {}
+        self._probes_by_bkpt: dict[str, ResolvedProbe] = {}
+        self._thread_cpu: dict[str, int] = {}
+        self.host_el = 2 if options.profile.kvm_mode == "vhe" else 1
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def _prepare(self) -> tuple[ResolvedProbeSet, Path]:
+        self.stats.phase = "resolving probes"
+        self.on_update(self.stats)
+        probes = resolve_for(self.assets, self.opts.probe_set)
+        for name, why in probes.skipped:
+            log.warning("probe %s skipped: %s", name, why)
+        for name, used in probes.fallbacks_used:
+            log.warning("probe %s uses fallback symbol %s", name, used)
+        plugin = ensure_plugin(self.tools)
+        try:
+            self.raw_dir.mkdir(parents=True, exist_ok=True)
+            self.opts.output.parent.mkdir(parents=True, exist_ok=True)
+            for stale in ("hits.jsonl", "qemu.log", "events.jsonl", "console.log"):
+                (self.raw_dir / stale).unlink(missing_ok=True)
+            (self.raw_dir / "probes.txt").write_text(
+                "".join(f"{p.address:x}\n" for p in probes.probes))
+        except OSError as exc:
+            raise TracekitError(f"cannot write the recording to {self.raw_dir}: {exc.strerror}",
+                                hint="choose a writable --output") from None
+        return probes, plugin
+
+    def _gdb_setup(self, mi: MiSession, runtime: RuntimeDir,
+                   probes: ResolvedProbeSet) -> None:
+        for cmd in ("-gdb-set architecture aarch64", "-gdb-set pagination off",
+                    "-gdb-set confirm off", "-gdb-set breakpoint pending off"):
+            mi.command(cmd)
+        mi.command(f"-target-select remote {runtime.gdb_socket}", timeout=30)
+        for p in probes.stop_probes():
+            rec = mi.command(f"-break-insert *{p.address:#x}")
+            bkpt = rec.payload.get("bkpt", {}) if isinstance(rec.payload, dict) else {}
+            self._probes_by_bkpt[str(bkpt.get("number"))] = p
+        info = mi.command("-thread-info")
+        threads = info.payload.get("threads", []) if isinstance(info.payload, dict) else []
+        for t in threads:
+            target = str(t.get("target-id", ""))
+            cpu = int(target.split("CPU#")[1].split()[0]) if "CPU#" in target else (
+                int(str(t.get("id", "1"))) - 1)
+            self._thread_cpu[str(t.get("id"))] = cpu
+
+    # -- the hot loop ------------------------------------------------------------------
+
+    def _on_stop(self, mi: MiSession, payload: dict[str, Any]) -> None:
+        reason = payload.get("reason")
+        if reason != "breakpoint-hit":
+            log.debug("GDB stop (%s); continuing", reason)
+            mi.send(["-exec-continue"])
+            return
+        probe = self._probes_by_bkpt.get(str(payload.get("bkptno")))
+        thread = str(payload.get("thread-id"))
+        cpu = self._thread_cpu.get(thread, int(thread) - 1 if thread.isdigit() else -1)
+        frame = payload.get("frame", {})
+        pc = int(str(frame.get("addr", "0")), 16)
+        if probe is None:
+            mi.send(["-exec-continue"])
+            return
+        self.stats.stops += 1
+        exprs = [("cpsr", "$cpsr"), *probe.gdb_captures]
+        hit: dict[str, Any] = {"seq": self._seq, "probe": probe.name, "cpu": cpu, "pc": pc,
+                               "values": {}, "errors": {}, "remaining": len(exprs)}
+        self._seq += 1
+        cmds = [f'-data-evaluate-expression "(unsigned long)({e})"' for _, e in exprs]
+        tokens = mi.send([*cmds, "-exec-continue"])
+        for (name, _), token in zip(exprs, tokens, strict=False):
+            self._inflight[token] = (hit, name)
+
+    def _on_result(self, rec: MiRecord) -> None:
+        assert rec.token is not None
+        hit, name = self._inflight.pop(rec.token)
+        if rec.message == "done" and isinstance(rec.payload, dict):
+            try:
+                hit["values"][name] = int(str(rec.payload.get("value")).split()[0], 0)
+            except ValueError:
+                hit["values"][name] = None
+                hit["errors"][name] = str(rec.payload.get("value"))
+        else:
+            msg = rec.payload.get("msg", "") if isinstance(rec.payload, dict) else ""
+            hit["values"][name] = None
+            hit["errors"][name] = str(msg)
+        hit["remaining"] -= 1
+        if hit["remaining"] == 0:
+            self._finish_hit(hit)
+
+    def _finish_hit(self, hit: dict[str, Any]) -> None:
+        cpsr = hit["values"].pop("cpsr", None)
+        el = (cpsr >> 2) & 3 if isinstance(cpsr, int) else -1
+        hit["el"] = el
+        hit["host"] = el == self.host_el
+        del hit["remaining"]
+        if not hit["errors"]:
+            del hit["errors"]
+        if hit["host"]:
+            self.stats.hits[hit["probe"]] += 1
+        else:
+            self.stats.discarded += 1
+        assert self._hits_file is not None
+        self._hits_file.write(json.dumps(hit, separators=(",", ":")) + "\n")
+        self._hits_file.flush()
+
+    def run(self) -> RecordResult:
+        probes, plugin = self._prepare()
+        req = self.opts.request
+        runtime = RuntimeDir.create()
+        spec = LaunchSpec(
+            qemu=self.tools.qemu, kernel=self.assets.image_path,
+            initrd=self.assets.initramfs_path, kernel_args=scenario_kernel_args(req),
+            paused=True, qmp=True, gdb=True, plugin=plugin,
+            plugin_args=(f"probes={self.raw_dir / 'probes.txt'}",),
+            log_file=self.raw_dir / "qemu.log",
+        )
+        argv = build_argv(self.opts.profile, spec, runtime)
+        meta: dict[str, Any] = {
+            "scenario": req.scenario.name, "count": req.count, "vcpus": req.vcpus,
+            "machine": self.opts.profile.name, "kvm_mode": self.opts.profile.kvm_mode,
+            "kernel_release": self.assets.kernel_release,
+            "kernel_version": self.assets.kernel_version,
+            "qemu_argv": argv, "timebase": "instructions (icount shift=0): 1 insn = 1 ns",
+            "icount": self.opts.profile.icount,
+            "probes": [{"name": p.name, "address": p.address, "location": p.location,
+                        "phase": p.spec.phase, "role": p.spec.role, "mode": p.spec.mode}
+                       for p in probes.probes],
+            "probes_skipped": [list(x) for x in probes.skipped],
+            "host_el": self.host_el,
+        }
+        truth: GroundTruth | None = None
+        ended_by = "unknown"
+        incomplete: str | None = None
+        self._hits_file = (self.raw_dir / "hits.jsonl").open("a")
+        qemu = QemuProcess(argv, runtime)
+        monitor: Monitor | None = None
+        mi: MiSession | None = None
+        try:
+            qemu.start()
+            monitor = Monitor(runtime.qmp_socket)
+            monitor.connect()
+            meta["qemu_version"] = monitor.version
+            for event in GIC_TRACE_EVENTS:
+                monitor.execute("trace-event-set-state", {"name": event, "enable": True})
+            meta["cpus"] = monitor.execute("query-cpus-fast")
+            self.stats.phase = "attaching GDB"
+            self.on_update(self.stats)
+            mi = MiSession(self.tools.gdb, transcript=self.raw_dir / "gdb-mi.log")
+            self._gdb_setup(mi, runtime, probes)
+            meta["ready_s"] = round(self.stats.elapsed, 3)
+            mi.send(["-exec-continue"])
+            self.stats.phase = "booting L1"
+            truth, ended_by = self._loop(qemu, mi, monitor)
+        except KeyboardInterrupt:
+            ended_by = "interrupted"
+            incomplete = "interrupted by the user (Ctrl-C)"
+        except TracekitError as exc:
+            ended_by = "error"
+            incomplete = str(exc)
+        finally:
+            if monitor is not None:
+                monitor.quit()
+            if mi is not None:
+                mi.close()
+            qemu.stop()
+            if monitor is not None:
+                meta["qmp_events"] = dict(Counter(str(e.get("event")) for e in monitor.events()))
+                monitor.close()
+            self._hits_file.close()
+            try:
+                src = runtime.console_log
+                if src.exists():
+                    (self.raw_dir / "console.log").write_bytes(src.read_bytes())
+            except OSError:
+                pass
+            runtime.remove()
+        if truth is None and incomplete is None:
+            incomplete = f"recording ended ({ended_by}) before the workload's ground truth"
+        meta["ended_by"] = ended_by
+        meta["incomplete_reason"] = incomplete
+        meta["ground_truth"] = truth.to_json() if truth else None
+        meta["wall_s"] = round(self.stats.elapsed, 3)
+        meta["stops"] = self.stats.stops
+        meta["discarded_non_host"] = self.stats.discarded
+        events, mstats = self._merge(probes)
+        meta["merge"] = {"events": mstats.events, "gdb_hits": mstats.gdb_hits,
+                         "hits_without_timing": mstats.hits_without_timing,
+                         "stop_timings_without_hit": mstats.stop_timings_without_hit,
+                         "unknown_pcs": mstats.unknown_pcs,
+                         "gic_events": mstats.log.gic_events,
+                         "untimed_gic": mstats.log.untimed_gic,
+                         "end_t": mstats.log.end_t, "per_probe": mstats.per_probe}
+        (self.raw_dir / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+        return RecordResult(self.opts.output, self.raw_dir, events, truth, meta, mstats,
+                            ended_by, incomplete)
+
+    def _merge(self, probes: ResolvedProbeSet) -> tuple[list[RawEvent], MergeStats]:
+        hits_path = self.raw_dir / "hits.jsonl"
+        hits = [GdbHit.from_json(line) for line in hits_path.read_text().splitlines()
+                if line.strip()] if hits_path.exists() else []
+        infos = [ProbeInfo(p.name, p.address, p.spec.phase, p.spec.role, p.spec.mode)
+                 for p in probes.probes]
+        stats = MergeStats()
+        log_path = self.raw_dir / "qemu.log"
+        with log_path.open(errors="replace") if log_path.exists() else open("/dev/null") as fh:
+            events = merge(hits, fh, infos, stats)
+        with (self.raw_dir / "events.jsonl").open("w") as out:
+            write_events(events, out)
+        return events, stats
+
+    def _loop(self, qemu: QemuProcess, mi: MiSession,
+              monitor: Monitor) -> tuple[GroundTruth | None, str]:
+        truth: GroundTruth | None = None
+        profile = self.opts.profile
+        boot_deadline = time.monotonic() + profile.boot_timeout_s
+        run_deadline: float | None = None
+        done_deadline: float | None = None
+        last_progress = time.monotonic()
+        last_update = 0.0
+        while True:
+            for rec in mi.records(timeout=0.05):
+                last_progress = time.monotonic()
+                if rec.type == "notify" and rec.message == "stopped":
+                    self._on_stop(mi, rec.payload if isinstance(rec.payload, dict) else {})
+                elif rec.type == "result" and rec.token in self._inflight:
+                    self._on_result(rec)
+                elif rec.type == "result" and rec.message == "error":
+                    msg = rec.payload.get("msg", "") if isinstance(rec.payload, dict) else ""
+                    if "closed" in msg or "not being run" in msg or "No registers" in msg:
+                        if truth is not None:
+                            return truth, "ground-truth"
+                        raise DebuggerError(f"GDB lost the target: {msg}")
+                    log.debug("GDB error: %s", msg)
+            for line in qemu.drain_lines():
+                last_progress = time.monotonic()
+                self.stats.console_tail = ([*self.stats.console_tail, line])[-8:]
+                if line.startswith(READY):
+                    check_ready(parse_ready(line), profile)
+                    self.stats.phase = f"running {self.opts.request.scenario.name} in L2"
+                    run_deadline = time.monotonic() + (
+                        self.opts.duration_s or self.opts.request.scenario.timeout_s * 10)
+                elif line.startswith(L1_ERROR):
+                    raise VMError("L1: " + line[len(L1_ERROR):])
+                elif line.startswith(GROUND_TRUTH_PREFIX):
+                    truth = parse_ground_truth_line(line)
+                    self.stats.phase = "ground truth received; finishing"
+                    done_deadline = time.monotonic() + 60
+                elif line.startswith(DONE) and truth is not None:
+                    return truth, "ground-truth"
+                elif "Kernel panic" in line:
+                    raise VMError(f"the L1 kernel panicked: {line.strip()[:120]}")
+            now = time.monotonic()
+            if qemu.poll() is not None:
+                if truth is not None:
+                    return truth, "ground-truth"
+                raise VMError(f"QEMU exited (code {qemu.poll()}) before the ground truth: "
+                              f"{qemu.stderr_tail()}")
+            if run_deadline is None and now > boot_deadline:
+                raise VMError(f"L1 did not boot within {profile.boot_timeout_s} s")
+            if run_deadline is not None and truth is None and now > run_deadline:
+                return None, "duration" if self.opts.duration_s else "timeout"
+            if done_deadline is not None and now > done_deadline:
+                return truth, "ground-truth"
+            if now - last_progress > self.opts.stall_timeout_s:
+                raise VMError(f"no progress for {self.opts.stall_timeout_s:.0f} s "
+                              "(guest hang?)")
+            if now - last_update > 0.25:
+                last_update = now
+                self.on_update(self.stats)
+
+
+def result_summary(result: RecordResult) -> dict[str, Any]:
+    return {"output": str(result.output), "raw_dir": str(result.raw_dir),
+            "ended_by": result.ended_by, "incomplete": result.incomplete_reason,
+            "merge": asdict(result.merge_stats)}
