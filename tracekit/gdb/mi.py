@@ -47,8 +47,12 @@ def parse_record(line: str) -> MiRecord | None:
     except Exception as exc:  # pygdbmi raises bare exceptions on malformed input
         raise DebuggerError(f"unparsable GDB/MI output {text[:60]!r}: {exc}") from None
     token = raw.get("token")
-    return MiRecord(str(raw.get("type")), raw.get("message"), raw.get("payload"),
-                    int(token) if isinstance(token, int) else None)
+    return MiRecord(
+        str(raw.get("type")),
+        raw.get("message"),
+        raw.get("payload"),
+        int(token) if isinstance(token, int) else None,
+    )
 
 
 class MiSession:
@@ -61,8 +65,9 @@ class MiSession:
                 time_to_check_for_additional_output_sec=0.0,
             )
         except (FileNotFoundError, ValueError) as exc:
-            raise DebuggerError(f"cannot start {gdb}: {exc}",
-                                hint="install gdb-multiarch (see `tracekit doctor`)") from None
+            raise DebuggerError(
+                f"cannot start {gdb}: {exc}", hint="install gdb-multiarch (see `tracekit doctor`)"
+            ) from None
         proc = self._ctl.gdb_process
         assert proc is not None and proc.stdout is not None and proc.stdin is not None
         self._proc = proc
@@ -110,8 +115,9 @@ class MiSession:
             self._proc.stdin.write(data.encode())
             self._proc.stdin.flush()
         except (BrokenPipeError, OSError):
-            raise DebuggerError("GDB exited unexpectedly",
-                                hint="see the GDB transcript in the run directory") from None
+            raise DebuggerError(
+                "GDB exited unexpectedly", hint="see the GDB transcript in the run directory"
+            ) from None
         return tokens
 
     # -- reading -----------------------------------------------------------------------

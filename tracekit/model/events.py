@@ -33,9 +33,17 @@ class RawEvent:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"t": self.t, "cpu": self.cpu, "src": self.source, "name": self.name,
-             "role": self.role, "phase": self.phase, "v": dict(self.values)},
-            separators=(",", ":"), sort_keys=True,
+            {
+                "t": self.t,
+                "cpu": self.cpu,
+                "src": self.source,
+                "name": self.name,
+                "role": self.role,
+                "phase": self.phase,
+                "v": dict(self.values),
+            },
+            separators=(",", ":"),
+            sort_keys=True,
         )
 
     @classmethod
@@ -43,8 +51,15 @@ class RawEvent:
         try:
             d = json.loads(line)
             values = {str(k): int(v) for k, v in dict(d.get("v", {})).items()}
-            return cls(int(d["t"]), int(d["cpu"]), str(d["src"]), str(d["name"]),
-                       str(d["role"]), str(d.get("phase", "")), values)
+            return cls(
+                int(d["t"]),
+                int(d["cpu"]),
+                str(d["src"]),
+                str(d["name"]),
+                str(d["role"]),
+                str(d.get("phase", "")),
+                values,
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TraceFileError(f"malformed raw event line {line[:60]!r} ({exc})") from None
 

@@ -12,7 +12,7 @@ from typing import Literal
 from tracekit.config import CONFIG_DIR, from_mapping, load_toml
 from tracekit.errors import ConfigError
 
-__all__ = ["PHASES", "ProbeSet", "ProbeSpec", "load_probe_set"]
+__all__ = ["PHASES", "ExitDecoder", "ProbeSet", "ProbeSpec", "load_probe_set"]
 
 #: The mission's phases, in order (docs/phases.md).
 PHASES = ("A", "B", "C", "D", "E", "F")
@@ -48,6 +48,44 @@ class _ProbeFile:
     kernel: str
     description: str
     probe: tuple[dict[str, object], ...]
+    exit_codes: dict[str, str] = field(default_factory=dict)
+    ec_handlers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExitDecoder:
+    """Names for exit codes and ESR exception classes, from the probe set (pure)."""
+
+    exit_codes: dict[int, str] = field(default_factory=dict)
+    ec_handlers: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    def code_name(self, code: int | None) -> str:
+        if code is None:
+            return "?"
+        base = code & ~(1 << 31)  # ARM_EXCEPTION_CODE(): bit 31 flags a pending SError
+        return self.exit_codes.get(base, f"code {base:#x}")
+
+    def ec_of(self, esr: int | None) -> int | None:
+        return None if esr is None else (esr >> 26) & 0x3F
+
+    def ec_name(self, esr: int | None) -> str:
+        ec = self.ec_of(esr)
+        if ec is None:
+            return "?"
+        return self.ec_handlers.get(ec, (f"EC {ec:#04x}", ""))[0]
+
+    def handler(self, esr: int | None) -> str:
+        ec = self.ec_of(esr)
+        if ec is None:
+            return "?"
+        return self.ec_handlers.get(ec, ("", "kvm_handle_unknown_ec"))[1]
+
+    def describe(self, code: int | None, esr: int | None) -> tuple[str, str, str]:
+        """(exit code name, EC name or "", handler) for one exit."""
+        name = self.code_name(code)
+        if name != "TRAP":
+            return name, "", "handle_exit" if name == "IRQ" else ""
+        return name, self.ec_name(esr), self.handler(esr)
 
 
 @dataclass(frozen=True)
@@ -56,6 +94,7 @@ class ProbeSet:
     description: str
     probes: tuple[ProbeSpec, ...]
     source: str
+    decoder: ExitDecoder = field(default_factory=ExitDecoder)
 
 
 def load_probe_set(name_or_path: str = "linux-6.1", config_dir: Path | None = None) -> ProbeSet:
@@ -88,4 +127,14 @@ def load_probe_set(name_or_path: str = "linux-6.1", config_dir: Path | None = No
                 f"{path}: probe {p.name} captures values but is mode 'timing'",
                 hint="values need mode = 'stop' (a GDB breakpoint)",
             )
-    return ProbeSet(raw.kernel, raw.description, probes, str(path))
+    try:
+        decoder = ExitDecoder(
+            {int(k, 0): v for k, v in raw.exit_codes.items()},
+            {int(k, 0): (v[0], v[1]) for k, v in raw.ec_handlers.items()},
+        )
+    except (ValueError, IndexError) as exc:
+        raise ConfigError(
+            f"{path}: bad [exit_codes]/[ec_handlers] entry ({exc})",
+            hint="keys are integers (0x..), handlers are [name, function]",
+        ) from None
+    return ProbeSet(raw.kernel, raw.description, probes, str(path), decoder)

@@ -45,8 +45,7 @@ class GdbHit:
     def from_json(cls, line: str) -> GdbHit:
         d: dict[str, Any] = json.loads(line)
         values = {k: int(v) for k, v in d.get("values", {}).items() if v is not None}
-        return cls(str(d["probe"]), int(d["cpu"]), int(d["pc"]), values,
-                   bool(d.get("host", True)))
+        return cls(str(d["probe"]), int(d["cpu"]), int(d["pc"]), values, bool(d.get("host", True)))
 
 
 @dataclass
@@ -61,8 +60,12 @@ class MergeStats:
     per_probe: dict[str, int] = field(default_factory=dict)
 
 
-def merge(hits: Iterable[GdbHit], log_lines: Iterable[str], probes: Iterable[ProbeInfo],
-          stats: MergeStats | None = None) -> list[RawEvent]:
+def merge(
+    hits: Iterable[GdbHit],
+    log_lines: Iterable[str],
+    probes: Iterable[ProbeInfo],
+    stats: MergeStats | None = None,
+) -> list[RawEvent]:
     st = stats if stats is not None else MergeStats()
     by_pc = {p.address: p for p in probes}
     pending: dict[tuple[int, int], deque[GdbHit]] = defaultdict(deque)
@@ -72,8 +75,7 @@ def merge(hits: Iterable[GdbHit], log_lines: Iterable[str], probes: Iterable[Pro
     events: list[RawEvent] = []
     for item in parse_qemu_log(log_lines, st.log):
         if isinstance(item, GicEvent):
-            events.append(RawEvent(item.t, item.cpu, "gic", item.name, item.role, "",
-                                   item.values))
+            events.append(RawEvent(item.t, item.cpu, "gic", item.name, item.role, "", item.values))
             continue
         assert isinstance(item, ProbeTiming)
         probe = by_pc.get(item.pc)
@@ -92,8 +94,9 @@ def merge(hits: Iterable[GdbHit], log_lines: Iterable[str], probes: Iterable[Pro
                 continue
             values = hit.values
         st.per_probe[probe.name] = st.per_probe.get(probe.name, 0) + 1
-        events.append(RawEvent(item.t, item.cpu, "probe", probe.name, probe.role, probe.phase,
-                               values))
+        events.append(
+            RawEvent(item.t, item.cpu, "probe", probe.name, probe.role, probe.phase, values)
+        )
     st.hits_without_timing = sum(len(q) for q in pending.values())
     # Stable sort: equal timestamps keep log order (the execution order).
     events.sort(key=lambda e: e.t)

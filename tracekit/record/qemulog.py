@@ -18,7 +18,9 @@ _PREFIX = re.compile(r"^\d+@\d+\.\d+:")
 _LR_WRITE = re.compile(r"ICH_LR(\d+)_EL2 write cpu 0x([0-9a-f]+) value 0x([0-9a-f]+)")
 _IAR = re.compile(r"ICV_IAR(\d) read cpu 0x([0-9a-f]+) value 0x([0-9a-f]+)")
 _EOIR = re.compile(r"ICV_EOIR(\d) write cpu 0x([0-9a-f]+) value 0x([0-9a-f]+)")
-_SGI = re.compile(r"CPU i/f 0x([0-9a-f]+) generating SGI (\d+) IRM (\d+) .*targetlist 0x([0-9a-f]+)")
+_SGI = re.compile(
+    r"CPU i/f 0x([0-9a-f]+) generating SGI (\d+) IRM (\d+) .*targetlist 0x([0-9a-f]+)"
+)
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,10 @@ def _lr_values(lr: int, value: int) -> dict[str, int]:
     }
 
 
-def parse_qemu_log(lines: Iterable[str], stats: LogStats | None = None,
-                   ) -> Iterator[ProbeTiming | GicEvent]:
+def parse_qemu_log(
+    lines: Iterable[str],
+    stats: LogStats | None = None,
+) -> Iterator[ProbeTiming | GicEvent]:
     """Yield probe timings and timed GIC events in log order; never raises on bad lines."""
     st = stats if stats is not None else LogStats()
     marker: dict[int, int] = {}
@@ -101,19 +105,38 @@ def _gic(line: str, marker: dict[int, int]) -> GicEvent | None:
     name = line.split(" ", 1)[0]
     if name == "gicv3_ich_lr_write" and (m := _LR_WRITE.search(line)):
         cpu = int(m.group(2), 16)
-        return GicEvent(cpu, marker.get(cpu, -1), name, "lr_write",
-                        _lr_values(int(m.group(1)), int(m.group(3), 16)))
+        return GicEvent(
+            cpu,
+            marker.get(cpu, -1),
+            name,
+            "lr_write",
+            _lr_values(int(m.group(1)), int(m.group(3), 16)),
+        )
     if name == "gicv3_icv_iar_read" and (m := _IAR.search(line)):
         cpu = int(m.group(2), 16)
-        return GicEvent(cpu, marker.get(cpu, -1), name, "ack",
-                        {"group": int(m.group(1)), "intid": int(m.group(3), 16)})
+        return GicEvent(
+            cpu,
+            marker.get(cpu, -1),
+            name,
+            "ack",
+            {"group": int(m.group(1)), "intid": int(m.group(3), 16)},
+        )
     if name == "gicv3_icv_eoir_write" and (m := _EOIR.search(line)):
         cpu = int(m.group(2), 16)
-        return GicEvent(cpu, marker.get(cpu, -1), name, "eoi",
-                        {"group": int(m.group(1)), "intid": int(m.group(3), 16)})
+        return GicEvent(
+            cpu,
+            marker.get(cpu, -1),
+            name,
+            "eoi",
+            {"group": int(m.group(1)), "intid": int(m.group(3), 16)},
+        )
     if name == "gicv3_icc_generate_sgi" and (m := _SGI.search(line)):
         cpu = int(m.group(1), 16)
-        return GicEvent(cpu, marker.get(cpu, -1), name, "sgi_generate",
-                        {"sgi": int(m.group(2)), "irm": int(m.group(3)),
-                         "targetlist": int(m.group(4), 16)})
+        return GicEvent(
+            cpu,
+            marker.get(cpu, -1),
+            name,
+            "sgi_generate",
+            {"sgi": int(m.group(2)), "irm": int(m.group(3)), "targetlist": int(m.group(4), 16)},
+        )
     return None

@@ -123,8 +123,13 @@ def resolve_for(assets: GuestAssets, probe_set: str) -> ResolvedProbeSet:
 
 
 class Recorder:
-    def __init__(self, options: RecordOptions, assets: GuestAssets, tools: ToolPaths,
-                 on_update: Callable[[LiveStats], None] = lambda _s: None) -> None:
+    def __init__(
+        self,
+        options: RecordOptions,
+        assets: GuestAssets,
+        tools: ToolPaths,
+        on_update: Callable[[LiveStats], None] = lambda _s: None,
+    ) -> None:
         self.opts = options
         self.assets = assets
         self.tools = tools
@@ -155,16 +160,22 @@ class Recorder:
             for stale in ("hits.jsonl", "qemu.log", "events.jsonl", "console.log"):
                 (self.raw_dir / stale).unlink(missing_ok=True)
             (self.raw_dir / "probes.txt").write_text(
-                "".join(f"{p.address:x}\n" for p in probes.probes))
+                "".join(f"{p.address:x}\n" for p in probes.probes)
+            )
         except OSError as exc:
-            raise TracekitError(f"cannot write the recording to {self.raw_dir}: {exc.strerror}",
-                                hint="choose a writable --output") from None
+            raise TracekitError(
+                f"cannot write the recording to {self.raw_dir}: {exc.strerror}",
+                hint="choose a writable --output",
+            ) from None
         return probes, plugin
 
-    def _gdb_setup(self, mi: MiSession, runtime: RuntimeDir,
-                   probes: ResolvedProbeSet) -> None:
-        for cmd in ("-gdb-set architecture aarch64", "-gdb-set pagination off",
-                    "-gdb-set confirm off", "-gdb-set breakpoint pending off"):
+    def _gdb_setup(self, mi: MiSession, runtime: RuntimeDir, probes: ResolvedProbeSet) -> None:
+        for cmd in (
+            "-gdb-set architecture aarch64",
+            "-gdb-set pagination off",
+            "-gdb-set confirm off",
+            "-gdb-set breakpoint pending off",
+        ):
             mi.command(cmd)
         mi.command(f"-target-select remote {runtime.gdb_socket}", timeout=30)
         for p in probes.stop_probes():
@@ -175,8 +186,11 @@ class Recorder:
         threads = info.payload.get("threads", []) if isinstance(info.payload, dict) else []
         for t in threads:
             target = str(t.get("target-id", ""))
-            cpu = int(target.split("CPU#")[1].split()[0]) if "CPU#" in target else (
-                int(str(t.get("id", "1"))) - 1)
+            cpu = (
+                int(target.split("CPU#")[1].split(maxsplit=1)[0])
+                if "CPU#" in target
+                else (int(str(t.get("id", "1"))) - 1)
+            )
             self._thread_cpu[str(t.get("id"))] = cpu
 
     # -- the hot loop ------------------------------------------------------------------
@@ -197,8 +211,15 @@ class Recorder:
             return
         self.stats.stops += 1
         exprs = [("cpsr", "$cpsr"), *probe.gdb_captures]
-        hit: dict[str, Any] = {"seq": self._seq, "probe": probe.name, "cpu": cpu, "pc": pc,
-                               "values": {}, "errors": {}, "remaining": len(exprs)}
+        hit: dict[str, Any] = {
+            "seq": self._seq,
+            "probe": probe.name,
+            "cpu": cpu,
+            "pc": pc,
+            "values": {},
+            "errors": {},
+            "remaining": len(exprs),
+        }
         self._seq += 1
         cmds = [f'-data-evaluate-expression "(unsigned long)({e})"' for _, e in exprs]
         tokens = mi.send([*cmds, "-exec-continue"])
@@ -243,23 +264,40 @@ class Recorder:
         req = self.opts.request
         runtime = RuntimeDir.create()
         spec = LaunchSpec(
-            qemu=self.tools.qemu, kernel=self.assets.image_path,
-            initrd=self.assets.initramfs_path, kernel_args=scenario_kernel_args(req),
-            paused=True, qmp=True, gdb=True, plugin=plugin,
+            qemu=self.tools.qemu,
+            kernel=self.assets.image_path,
+            initrd=self.assets.initramfs_path,
+            kernel_args=scenario_kernel_args(req),
+            paused=True,
+            qmp=True,
+            gdb=True,
+            plugin=plugin,
             plugin_args=(f"probes={self.raw_dir / 'probes.txt'}",),
             log_file=self.raw_dir / "qemu.log",
         )
         argv = build_argv(self.opts.profile, spec, runtime)
         meta: dict[str, Any] = {
-            "scenario": req.scenario.name, "count": req.count, "vcpus": req.vcpus,
-            "machine": self.opts.profile.name, "kvm_mode": self.opts.profile.kvm_mode,
+            "scenario": req.scenario.name,
+            "count": req.count,
+            "vcpus": req.vcpus,
+            "machine": self.opts.profile.name,
+            "kvm_mode": self.opts.profile.kvm_mode,
             "kernel_release": self.assets.kernel_release,
             "kernel_version": self.assets.kernel_version,
-            "qemu_argv": argv, "timebase": "instructions (icount shift=0): 1 insn = 1 ns",
+            "qemu_argv": argv,
+            "timebase": "instructions (icount shift=0): 1 insn = 1 ns",
             "icount": self.opts.profile.icount,
-            "probes": [{"name": p.name, "address": p.address, "location": p.location,
-                        "phase": p.spec.phase, "role": p.spec.role, "mode": p.spec.mode}
-                       for p in probes.probes],
+            "probes": [
+                {
+                    "name": p.name,
+                    "address": p.address,
+                    "location": p.location,
+                    "phase": p.spec.phase,
+                    "role": p.spec.role,
+                    "mode": p.spec.mode,
+                }
+                for p in probes.probes
+            ],
             "probes_skipped": [list(x) for x in probes.skipped],
             "host_el": self.host_el,
         }
@@ -318,23 +356,33 @@ class Recorder:
         meta["stops"] = self.stats.stops
         meta["discarded_non_host"] = self.stats.discarded
         events, mstats = self._merge(probes)
-        meta["merge"] = {"events": mstats.events, "gdb_hits": mstats.gdb_hits,
-                         "hits_without_timing": mstats.hits_without_timing,
-                         "stop_timings_without_hit": mstats.stop_timings_without_hit,
-                         "unknown_pcs": mstats.unknown_pcs,
-                         "gic_events": mstats.log.gic_events,
-                         "untimed_gic": mstats.log.untimed_gic,
-                         "end_t": mstats.log.end_t, "per_probe": mstats.per_probe}
+        meta["merge"] = {
+            "events": mstats.events,
+            "gdb_hits": mstats.gdb_hits,
+            "hits_without_timing": mstats.hits_without_timing,
+            "stop_timings_without_hit": mstats.stop_timings_without_hit,
+            "unknown_pcs": mstats.unknown_pcs,
+            "gic_events": mstats.log.gic_events,
+            "untimed_gic": mstats.log.untimed_gic,
+            "end_t": mstats.log.end_t,
+            "per_probe": mstats.per_probe,
+        }
         (self.raw_dir / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-        return RecordResult(self.opts.output, self.raw_dir, events, truth, meta, mstats,
-                            ended_by, incomplete)
+        return RecordResult(
+            self.opts.output, self.raw_dir, events, truth, meta, mstats, ended_by, incomplete
+        )
 
     def _merge(self, probes: ResolvedProbeSet) -> tuple[list[RawEvent], MergeStats]:
         hits_path = self.raw_dir / "hits.jsonl"
-        hits = [GdbHit.from_json(line) for line in hits_path.read_text().splitlines()
-                if line.strip()] if hits_path.exists() else []
-        infos = [ProbeInfo(p.name, p.address, p.spec.phase, p.spec.role, p.spec.mode)
-                 for p in probes.probes]
+        hits = (
+            [GdbHit.from_json(line) for line in hits_path.read_text().splitlines() if line.strip()]
+            if hits_path.exists()
+            else []
+        )
+        infos = [
+            ProbeInfo(p.name, p.address, p.spec.phase, p.spec.role, p.spec.mode)
+            for p in probes.probes
+        ]
         stats = MergeStats()
         log_path = self.raw_dir / "qemu.log"
         with log_path.open(errors="replace") if log_path.exists() else open("/dev/null") as fh:
@@ -343,8 +391,9 @@ class Recorder:
             write_events(events, out)
         return events, stats
 
-    def _loop(self, qemu: QemuProcess, mi: MiSession,
-              monitor: Monitor) -> tuple[GroundTruth | None, str]:
+    def _loop(
+        self, qemu: QemuProcess, mi: MiSession, monitor: Monitor
+    ) -> tuple[GroundTruth | None, str]:
         truth: GroundTruth | None = None
         profile = self.opts.profile
         boot_deadline = time.monotonic() + profile.boot_timeout_s
@@ -373,9 +422,10 @@ class Recorder:
                     check_ready(parse_ready(line), profile)
                     self.stats.phase = f"running {self.opts.request.scenario.name} in L2"
                     run_deadline = time.monotonic() + (
-                        self.opts.duration_s or self.opts.request.scenario.timeout_s * 10)
+                        self.opts.duration_s or self.opts.request.scenario.timeout_s * 10
+                    )
                 elif line.startswith(L1_ERROR):
-                    raise VMError("L1: " + line[len(L1_ERROR):])
+                    raise VMError("L1: " + line[len(L1_ERROR) :])
                 elif line.startswith(GROUND_TRUTH_PREFIX):
                     truth = parse_ground_truth_line(line)
                     self.stats.phase = "ground truth received; finishing"
@@ -388,8 +438,10 @@ class Recorder:
             if qemu.poll() is not None:
                 if truth is not None:
                     return truth, "ground-truth"
-                raise VMError(f"QEMU exited (code {qemu.poll()}) before the ground truth: "
-                              f"{qemu.stderr_tail()}")
+                raise VMError(
+                    f"QEMU exited (code {qemu.poll()}) before the ground truth: "
+                    f"{qemu.stderr_tail()}"
+                )
             if run_deadline is None and now > boot_deadline:
                 raise VMError(f"L1 did not boot within {profile.boot_timeout_s} s")
             if run_deadline is not None and truth is None and now > run_deadline:
@@ -397,14 +449,17 @@ class Recorder:
             if done_deadline is not None and now > done_deadline:
                 return truth, "ground-truth"
             if now - last_progress > self.opts.stall_timeout_s:
-                raise VMError(f"no progress for {self.opts.stall_timeout_s:.0f} s "
-                              "(guest hang?)")
+                raise VMError(f"no progress for {self.opts.stall_timeout_s:.0f} s (guest hang?)")
             if now - last_update > 0.25:
                 last_update = now
                 self.on_update(self.stats)
 
 
 def result_summary(result: RecordResult) -> dict[str, Any]:
-    return {"output": str(result.output), "raw_dir": str(result.raw_dir),
-            "ended_by": result.ended_by, "incomplete": result.incomplete_reason,
-            "merge": asdict(result.merge_stats)}
+    return {
+        "output": str(result.output),
+        "raw_dir": str(result.raw_dir),
+        "ended_by": result.ended_by,
+        "incomplete": result.incomplete_reason,
+        "merge": asdict(result.merge_stats),
+    }

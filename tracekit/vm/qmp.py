@@ -77,8 +77,7 @@ class Monitor:
         with self._lock:
             return list(self._events)
 
-    def execute(self, cmd: str, args: dict[str, Any] | None = None,
-                timeout: float = 10.0) -> Any:
+    def execute(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
         try:
             return self._run(self._client.execute(cmd, args), timeout)
         except QMPError as exc:
@@ -98,6 +97,7 @@ class Monitor:
             self._run(self._client.disconnect(), 5.0)
         except Exception:  # the peer may be gone already; closing must not fail
             pass
+
         async def _drain() -> None:
             pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for t in pending:

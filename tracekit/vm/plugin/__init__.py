@@ -22,15 +22,28 @@ def ensure_plugin(tools: ToolPaths, cache: Path | None = None) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    argv = [tools.host_gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror",
-            "-fvisibility=hidden", "-o", str(tmp), str(PLUGIN_SOURCE)]
+    argv = [
+        tools.host_gcc,
+        "-shared",
+        "-fPIC",
+        "-O2",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-fvisibility=hidden",
+        "-o",
+        str(tmp),
+        str(PLUGIN_SOURCE),
+    ]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     except FileNotFoundError:
-        raise EnvironmentProblem(f"{tools.host_gcc} not found; it builds the TCG plugin",
-                                 hint="apt-get install gcc") from None
+        raise EnvironmentProblem(
+            f"{tools.host_gcc} not found; it builds the TCG plugin", hint="apt-get install gcc"
+        ) from None
     if proc.returncode != 0:
-        raise EnvironmentProblem("building the TCG timebase plugin failed: "
-                                 + proc.stderr.strip().splitlines()[-1][:200])
+        raise EnvironmentProblem(
+            "building the TCG timebase plugin failed: " + proc.stderr.strip().splitlines()[-1][:200]
+        )
     tmp.replace(out)
     return out
