@@ -1,0 +1,131 @@
+"""Read a ``.pftrace`` back with the perfetto protos alone (no native binary).
+
+Checks what a trace must satisfy (every slice begin has its end on its track, every flow
+starts and ends) and returns slices, instants and counters with their debug annotations.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import DecodeError
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+from tracekit.errors import TraceFileError
+
+__all__ = ["Slice", "TraceContent", "parse_trace", "read_trace"]
+
+
+@dataclass(frozen=True)
+class Slice:
+    track: str
+    name: str
+    start: int
+    end: int
+    args: dict[str, Any]
+    depth: int
+
+
+@dataclass
+class TraceContent:
+    tracks: dict[int, str] = field(default_factory=dict)
+    groups: dict[int, str] = field(default_factory=dict)
+    slices: list[Slice] = field(default_factory=list)
+    instants: list[Slice] = field(default_factory=list)
+    counters: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    flows_started: set[int] = field(default_factory=set)
+    flows_terminated: set[int] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+    packets: int = 0
+
+    def unterminated_flows(self) -> set[int]:
+        return self.flows_started - self.flows_terminated
+
+
+def _args(ev: pb.TrackEvent) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for d in ev.debug_annotations:
+        kind = d.WhichOneof("value")
+        out[d.name] = getattr(d, kind) if kind else None
+    return out
+
+
+def parse_trace(data: bytes, source: str = "trace") -> TraceContent:
+    trace = pb.Trace()
+    try:
+        trace.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise TraceFileError(
+            f"{source} is not a readable Perfetto trace ({exc})",
+            hint="is it truncated or another format? re-export it with `tracekit export`",
+        ) from None
+    if not trace.packet:
+        raise TraceFileError(
+            f"{source} holds no trace packets", hint="pass a .pftrace written by `tracekit record`"
+        )
+    content = TraceContent(packets=len(trace.packet))
+    open_slices: dict[int, list[tuple[str, int, dict[str, Any]]]] = defaultdict(list)
+    for pkt in trace.packet:
+        if pkt.HasField("track_descriptor"):
+            td = pkt.track_descriptor
+            if td.HasField("process"):
+                content.groups[td.uuid] = td.process.process_name
+                content.tracks[td.uuid] = td.process.process_name
+            else:
+                content.tracks[td.uuid] = td.name
+            continue
+        if not pkt.HasField("track_event"):
+            continue
+        ev = pkt.track_event
+        track = content.tracks.get(ev.track_uuid)
+        if track is None:
+            content.problems.append(f"event on undeclared track {ev.track_uuid}")
+            continue
+        content.flows_started.update(ev.flow_ids)
+        content.flows_terminated.update(ev.terminating_flow_ids)
+        if ev.type == pb.TrackEvent.TYPE_SLICE_BEGIN:
+            open_slices[ev.track_uuid].append((ev.name, pkt.timestamp, _args(ev)))
+        elif ev.type == pb.TrackEvent.TYPE_SLICE_END:
+            stack = open_slices[ev.track_uuid]
+            if not stack:
+                content.problems.append(f"slice end without begin on {track!r}")
+                continue
+            name, start, args = stack.pop()
+            if pkt.timestamp < start:
+                content.problems.append(f"slice {name!r} ends before it begins")
+            content.slices.append(Slice(track, name, start, pkt.timestamp, args, len(stack)))
+        elif ev.type == pb.TrackEvent.TYPE_INSTANT:
+            content.instants.append(
+                Slice(
+                    track,
+                    ev.name,
+                    pkt.timestamp,
+                    pkt.timestamp,
+                    _args(ev),
+                    len(open_slices[ev.track_uuid]),
+                )
+            )
+        elif ev.type == pb.TrackEvent.TYPE_COUNTER:
+            value = (
+                ev.double_counter_value
+                if ev.HasField("double_counter_value")
+                else float(ev.counter_value)
+            )
+            content.counters.setdefault(track, []).append((pkt.timestamp, value))
+    for uuid, stack in open_slices.items():
+        for name, _, _ in stack:
+            content.problems.append(f"slice {name!r} on {content.tracks[uuid]!r} never ends")
+    return content
+
+
+def read_trace(path: Path) -> TraceContent:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TraceFileError(f"trace file {path} does not exist") from None
+    except OSError as exc:
+        raise TraceFileError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_trace(data, str(path))

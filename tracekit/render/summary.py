@@ -1,0 +1,97 @@
+"""Rich renderables for ``tracekit summary`` (no I/O: the CLI owns the Console)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+__all__ = ["render_summary"]
+
+PHASE_NAMES = {
+    "A": "source",
+    "B": "guest exit",
+    "C": "EL2->host",
+    "D": "handle_exit",
+    "E": "inject (LRs)",
+    "F": "guest entry",
+}
+
+
+def _ns(v: int) -> str:
+    return f"{v / 1000:.1f} µs" if v >= 1000 else f"{v} ns"
+
+
+def render_summary(s: dict[str, Any], width: int = 30) -> RenderableType:
+    parts: list[RenderableType] = []
+    head = Text.assemble(
+        ("tracekit summary", "bold"),
+        f"  scenario {s.get('scenario')}  KVM {s.get('kvm_mode')}"
+        f"  kernel {s.get('kernel')}  QEMU {s.get('qemu')}",
+    )
+    parts.append(head)
+    parts.append(Text(f"timebase: {s.get('timebase')}", style="dim"))
+    if s.get("incomplete_reason"):
+        parts.append(Text(f"INCOMPLETE: {s['incomplete_reason']}", style="bold red"))
+    t = Table(title="interrupt chains against the workload's ground truth")
+    for col in ("class", "ground truth", "complete A–F", "partial", ""):
+        t.add_column(col, justify="left" if col in ("class", "") else "right")
+    for cls, c in s["classes"].items():
+        ok = c["complete_chains"] == c["ground_truth"] and c["partial_chains"] == 0
+        t.add_row(
+            cls,
+            str(c["ground_truth"]),
+            str(c["complete_chains"]),
+            str(c["partial_chains"]),
+            "[green]match[/]" if ok else "[red]differs[/]",
+        )
+    parts.append(t)
+    lat = Table(title="phase latency (timeline ns; 1 instruction = 1 ns)")
+    for col in ("class", "phase", "count", "p50", "p95", "max"):
+        lat.add_column(col, justify="right" if col in ("count", "p50", "p95", "max") else "left")
+    for cls, phases in s["phase_latency_ns"].items():
+        for p, st in phases.items():
+            lat.add_row(
+                cls,
+                f"{p} {PHASE_NAMES[p]}",
+                str(st["count"]),
+                _ns(st["p50"]),
+                _ns(st["p95"]),
+                _ns(st["max"]),
+            )
+    parts.append(lat)
+    ex = Table(title=f"guest exits ({s['exits']['total']})")
+    for col in ("exit code", "ESR class", "handler", "count", "D p50", "D max"):
+        ex.add_column(col, justify="right" if col in ("count", "D p50", "D max") else "left")
+    for r in s["exits"]["by_reason"]:
+        ex.add_row(
+            r["exit_code"],
+            r["esr_class"],
+            r["handler"],
+            str(r["count"]),
+            _ns(r["d_p50_ns"]),
+            _ns(r["d_max_ns"]),
+        )
+    parts.append(ex)
+    busy = Table(title="busiest INTIDs")
+    for col in ("INTID", "vCPU", "class", "chains"):
+        busy.add_column(col, justify="right" if col != "class" else "left")
+    for b in s["busiest_intids"]:
+        busy.add_row(str(b["intid"]), str(b["vcpu"]), b["class"], str(b["chains"]))
+    parts.append(busy)
+    total = sum(s["time_in_phase_ns"].values()) or 1
+    bars = Table(title="where the time goes (sum over chains)", show_header=False, box=None)
+    bars.add_column("phase")
+    bars.add_column("bar")
+    bars.add_column("share", justify="right")
+    for p, v in s["time_in_phase_ns"].items():
+        n = round(width * v / total)
+        bars.add_row(
+            f"{p} {PHASE_NAMES[p]}", "█" * n + "·" * (width - n), f"{100 * v / total:.0f}%"
+        )
+    parts.append(bars)
+    if s.get("trace_problems"):
+        parts.append(Text("trace problems: " + "; ".join(s["trace_problems"]), style="red"))
+    return Group(*parts)
