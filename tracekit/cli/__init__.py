@@ -47,10 +47,15 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from tracekit.cli import doctor, guest
+    from tracekit.cli import doctor, guest, record, trace
 
     cli.add_command(doctor.doctor)
     cli.add_command(guest.guest)
+    cli.add_command(record.record)
+    cli.add_command(trace.summary)
+    cli.add_command(trace.export)
+    cli.add_command(trace.open_trace)
+    cli.add_command(trace.query)
 
 
 _register()

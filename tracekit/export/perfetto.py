@@ -354,7 +354,7 @@ def export_trace(
                 ev.t,
                 probe_track[ev.cpu],
                 ev.name,
-                {"phase": ev.phase, **{k: v for k, v in ev.values.items()}},
+                {"phase": ev.phase, **ev.values},
             )
 
     # -- L2 vCPUs ----------------------------------------------------------------------------
@@ -365,8 +365,8 @@ def export_trace(
     for ex in recon.exits:
         if ex.start is not None:
             exits_by_vcpu[ex.vcpu].append(ex.start)
-    for v in exits_by_vcpu:
-        exits_by_vcpu[v].sort()
+    for starts in exits_by_vcpu.values():
+        starts.sort()
     for ent in recon.entries:
         if ent.eret_t is None or ent.vcpu not in vcpu_track:
             continue

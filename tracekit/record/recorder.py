@@ -300,6 +300,7 @@ class Recorder:
             ],
             "probes_skipped": [list(x) for x in probes.skipped],
             "host_el": self.host_el,
+            "probe_set": self.opts.probe_set,
         }
         truth: GroundTruth | None = None
         ended_by = "unknown"

@@ -1,0 +1,157 @@
+"""``tracekit record``: the main job."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from tracekit.config import load_guest_config, load_machine, load_scenarios, load_tools
+from tracekit.errors import GroundTruthError, TracekitError, VMError
+from tracekit.record.recorder import LiveStats
+
+__all__ = ["record", "render_live"]
+
+
+def render_live(stats: LiveStats, show_console: bool) -> Group:
+    elapsed = stats.elapsed
+    head = Text.assemble(
+        ("recording ", "bold"),
+        f"{stats.phase}   ",
+        f"{elapsed:6.1f} s   stops {stats.stops}"
+        f" ({stats.stops / elapsed if elapsed else 0:.0f}/s)"
+        f"   discarded {stats.discarded}",
+    )
+    table = Table(show_header=True, box=None, pad_edge=False)
+    table.add_column("probe (GDB stops)")
+    table.add_column("hits", justify="right")
+    for name, n in sorted(stats.hits.items()):
+        table.add_row(name, str(n))
+    parts: list[Text | Table] = [head, table]
+    if show_console and stats.console_tail:
+        parts.append(Text("\n".join(stats.console_tail[-6:]), style="dim"))
+    return Group(*parts)
+
+
+def default_output(scenario: str) -> Path:
+    return Path("out") / f"{scenario}-{time.strftime('%Y%m%d-%H%M%S')}.pftrace"
+
+
+@click.command()
+@click.option(
+    "--scenario",
+    "scenario_name",
+    default=None,
+    help="Scenario from configs/scenarios.toml (default: the file's default).",
+)
+@click.option("--count", type=int, default=None, help="Interrupts per source.")
+@click.option("--vcpus", type=int, default=2, show_default=True, help="L2 vCPUs.")
+@click.option(
+    "--machine",
+    default="vhe",
+    show_default=True,
+    help="Machine profile in configs/machines/ (or a .toml path).",
+)
+@click.option(
+    "--kvm-mode",
+    type=click.Choice(["vhe", "nvhe"]),
+    default=None,
+    help="Shorthand for --machine vhe|nvhe.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The .pftrace to write (raw files go to FILE.raw/).",
+)
+@click.option(
+    "--duration",
+    type=float,
+    default=None,
+    help="Stop after this many seconds of scenario time (wall clock).",
+)
+@click.option(
+    "--probes",
+    "probe_set",
+    default="linux-6.1",
+    show_default=True,
+    help="Probe set in configs/probes/ (or a .toml path).",
+)
+@click.option("--console", "show_console", is_flag=True, help="Show the L1 console tail.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def record(
+    scenario_name: str | None,
+    count: int | None,
+    vcpus: int,
+    machine: str,
+    kvm_mode: str | None,
+    output: Path | None,
+    duration: float | None,
+    probe_set: str,
+    show_console: bool,
+    as_json: bool,
+) -> int:
+    """Boot L1, run a scenario in L2 and record the L1 KVM interrupt path to a .pftrace."""
+    from tracekit.cli import err_console
+    from tracekit.export.reader import read_trace
+    from tracekit.guest.assets import load_assets
+    from tracekit.guest.runner import validate_request
+    from tracekit.model.summary import summarize
+    from tracekit.record.pipeline import export_raw
+    from tracekit.record.recorder import Recorder, RecordOptions
+    from tracekit.render.summary import render_summary
+
+    catalog = load_scenarios()
+    spec = catalog.get(scenario_name or catalog.default)
+    req = validate_request(spec, count, vcpus)
+    profile = load_machine(kvm_mode or machine)
+    load_guest_config()
+    assets = load_assets()
+    out = output or default_output(spec.name)
+    if out.suffix != ".pftrace":
+        raise TracekitError(f"output {out} should end in .pftrace", hint="e.g. -o trace.pftrace")
+    opts = RecordOptions(req, profile, out, duration_s=duration, probe_set=probe_set)
+    with Live(console=err_console, refresh_per_second=4, transient=True) as live:
+        recorder = Recorder(
+            opts,
+            assets,
+            load_tools(),
+            on_update=lambda s: live.update(render_live(s, show_console)),
+        )
+        result = recorder.run()
+    report = export_raw(result.raw_dir, out, events=result.events, meta=result.meta)
+    summary = summarize(read_trace(out))
+    summary["output"] = str(out)
+    summary["raw_dir"] = str(result.raw_dir)
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+    else:
+        Console().print(render_summary(summary))
+        err_console.print(
+            f"trace: {out}  (raw events: {result.raw_dir}/events.jsonl; "
+            f"open with `tracekit open {out}`)"
+        )
+    del report
+    if result.incomplete_reason:
+        raise VMError(
+            f"recording incomplete: {result.incomplete_reason}; the partial trace is {out}"
+        )
+    mismatched = [
+        c
+        for c, v in summary["classes"].items()
+        if v["complete_chains"] != v["ground_truth"] or v["partial_chains"]
+    ]
+    if result.ground_truth is not None:
+        result.ground_truth.check()
+    if mismatched:
+        raise GroundTruthError(
+            f"chains differ from the ground truth for {', '.join(mismatched)} (see {out})"
+        )
+    return 0

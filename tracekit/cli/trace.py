@@ -1,0 +1,136 @@
+"""Commands on a recorded trace: ``summary``, ``export``, ``open``, ``query``."""
+
+from __future__ import annotations
+
+import json
+import os
+import webbrowser
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from tracekit.errors import EnvironmentProblem, TraceFileError
+
+__all__ = ["export", "open_trace", "query", "summary"]
+
+
+@click.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def summary(trace: Path, as_json: bool) -> int:
+    """Read a .pftrace back and print chains, phase latencies and exit reasons."""
+    from tracekit.export.reader import read_trace
+    from tracekit.model.summary import summarize
+    from tracekit.render.summary import render_summary
+
+    data = summarize(read_trace(trace))
+    if (
+        not any(v["complete_chains"] + v["partial_chains"] for v in data["classes"].values())
+        and data["scenario"] is None
+    ):
+        raise TraceFileError(
+            f"{trace} is a Perfetto trace but not one written by tracekit",
+            hint="pass a .pftrace from `tracekit record`",
+        )
+    if as_json:
+        click.echo(json.dumps(data, indent=1))
+    else:
+        Console().print(render_summary(data))
+    return 0
+
+
+@click.command()
+@click.argument("raw_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Trace to write (default: RAW_DIR with .pftrace).",
+)
+@click.option("--remerge", is_flag=True, help="Merge hits.jsonl and qemu.log again first.")
+def export(raw_dir: Path, output: Path | None, remerge: bool) -> int:
+    """Rebuild a .pftrace from a recording's raw files (e.g. after a crash)."""
+    from tracekit.record.pipeline import export_raw, load_meta
+    from tracekit.record.pipeline import remerge as do_remerge
+
+    if not raw_dir.is_dir():
+        raise TraceFileError(
+            f"{raw_dir} is not a directory",
+            hint="pass the FILE.raw directory written by `tracekit record`",
+        )
+    out = output or raw_dir.with_suffix(".pftrace")
+    meta = load_meta(raw_dir)
+    events = do_remerge(raw_dir, meta)[0] if remerge else None
+    report = export_raw(raw_dir, out, events=events, meta=meta)
+    click.echo(
+        f"wrote {out}: {report.counts['events']} events on "
+        f"{report.counts['tracks']} tracks, {len(report.reconstruction.chains)} chains"
+    )
+    return 0
+
+
+@click.command("open")
+@click.argument("trace", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--port",
+    type=int,
+    default=9001,
+    show_default=True,
+    help="127.0.0.1 port (9001 is the Perfetto UI's convention for local traces).",
+)
+@click.option("--no-browser", is_flag=True, help="Only print the link.")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+def open_trace(trace: Path, port: int, no_browser: bool, timeout: float | None) -> int:
+    """Serve a trace on 127.0.0.1 and open it in the Perfetto UI."""
+    from tracekit.export.serve import UI_ORIGIN, serve_once
+
+    if not trace.is_file():
+        raise TraceFileError(f"trace file {trace} does not exist")
+    url = f"{UI_ORIGIN}/#!/?url=http://127.0.0.1:{port}/{trace.name}"
+    click.echo(f"Perfetto UI: {url}")
+    if not no_browser:
+        webbrowser.open(url)
+    fetched = serve_once(
+        trace,
+        port,
+        timeout=timeout,
+        on_ready=lambda: click.echo(
+            f"serving {trace} on "
+            f"http://127.0.0.1:{port}/{trace.name} "
+            "until the UI fetches it (Ctrl-C stops)"
+        ),
+    )
+    click.echo("the UI fetched the trace" if fetched else "stopped before the UI fetched it")
+    return 0
+
+
+@click.command()
+@click.argument("trace", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("sql")
+@click.option(
+    "--trace-processor",
+    "bin_path",
+    default=None,
+    help="trace_processor_shell binary (or $TRACEKIT_TRACE_PROCESSOR).",
+)
+def query(trace: Path, sql: str, bin_path: str | None) -> int:
+    """Run SQL on a trace with Perfetto's trace processor (needs its native binary)."""
+    path = bin_path or os.environ.get("TRACEKIT_TRACE_PROCESSOR")
+    if not path or not os.path.isfile(path):
+        raise EnvironmentProblem(
+            "tracekit query needs Perfetto's trace_processor_shell binary, which no package "
+            "registry ships",
+            hint="download it where you can and pass --trace-processor PATH or set "
+            "TRACEKIT_TRACE_PROCESSOR; `tracekit summary` works without it",
+        )
+    if not trace.is_file():
+        raise TraceFileError(f"trace file {trace} does not exist")
+    from perfetto.trace_processor import TraceProcessor, TraceProcessorConfig
+
+    with TraceProcessor(trace=str(trace), config=TraceProcessorConfig(bin_path=path)) as tp:
+        rows = list(tp.query(sql))
+    for row in rows:
+        click.echo(json.dumps(row.__dict__, default=str))
+    return 0

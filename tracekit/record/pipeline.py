@@ -1,0 +1,103 @@
+"""From a recording's raw files to a ``.pftrace`` (thin I/O around the pure pieces).
+
+Used at the end of ``record`` and by ``tracekit export RAW_DIR`` to rebuild a trace from
+whatever was captured (after a crash the raw files are all there is).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tracekit.errors import TraceFileError
+from tracekit.export.perfetto import export_trace
+from tracekit.model.chains import Reconstruction, reconstruct
+from tracekit.model.events import RawEvent, read_events, write_events
+from tracekit.probes.spec import ExitDecoder, load_probe_set
+from tracekit.record.merge import GdbHit, MergeStats, ProbeInfo, merge
+
+__all__ = ["ExportReport", "export_raw", "remerge"]
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    output: Path
+    reconstruction: Reconstruction
+    counts: dict[str, int]
+    meta: dict[str, Any]
+
+
+def _classes(meta: dict[str, Any]) -> dict[tuple[int, int], str]:
+    gt = meta.get("ground_truth") or {}
+    return {(int(i["intid"]), int(i["vcpu"])): str(i["class"]) for i in gt.get("interrupts", [])}
+
+
+def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeStats]:
+    """Merge hits.jsonl and qemu.log again (tolerates a torn last line)."""
+    probes = [
+        ProbeInfo(p["name"], int(p["address"]), p["phase"], p["role"], p["mode"])
+        for p in meta.get("probes", [])
+    ]
+    hits: list[GdbHit] = []
+    hits_path = raw_dir / "hits.jsonl"
+    if hits_path.exists():
+        for line in hits_path.read_text(errors="replace").splitlines():
+            try:
+                hits.append(GdbHit.from_json(line))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by a crash
+    stats = MergeStats()
+    log_path = raw_dir / "qemu.log"
+    lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+    events = merge(hits, lines, probes, stats)
+    with (raw_dir / "events.jsonl").open("w") as out:
+        write_events(events, out)
+    return events, stats
+
+
+def load_meta(raw_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((raw_dir / "meta.json").read_text())
+    except FileNotFoundError:
+        raise TraceFileError(
+            f"{raw_dir} has no meta.json",
+            hint="pass the .raw directory written by `tracekit record`",
+        ) from None
+    except (ValueError, OSError) as exc:
+        raise TraceFileError(f"{raw_dir}/meta.json is unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise TraceFileError(f"{raw_dir}/meta.json is not an object")
+    return data
+
+
+def export_raw(
+    raw_dir: Path,
+    output: Path,
+    *,
+    decoder: ExitDecoder | None = None,
+    events: list[RawEvent] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> ExportReport:
+    meta = meta if meta is not None else load_meta(raw_dir)
+    if events is None:
+        ev_path = raw_dir / "events.jsonl"
+        if ev_path.exists():
+            with ev_path.open() as fh:
+                events = list(read_events(fh))
+        else:
+            events, _ = remerge(raw_dir, meta)
+    dec = decoder or load_probe_set(str(meta.get("probe_set", "linux-6.1"))).decoder
+    recon = reconstruct(events, dec, str(meta.get("kvm_mode", "vhe")), _classes(meta))
+    tmp = output.with_name(output.name + ".tmp")
+    try:
+        with tmp.open("wb") as fh:
+            counts = export_trace(fh, recon, events, dec, meta)
+        os.replace(tmp, output)
+    except OSError as exc:
+        raise TraceFileError(
+            f"cannot write {output}: {exc.strerror}", hint="choose a writable --output"
+        ) from None
+    return ExportReport(output, recon, counts, meta)
