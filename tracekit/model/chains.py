@@ -422,21 +422,28 @@ def _build_chain(
             break
     exit_ = None
     if entry is not None:
-        end_e = entry.enter_t if entry.enter_t is not None else entry.flush_t
-        phases["E"] = Span(entry.flush_t, end_e)
-        # F ends at the eret that really entered the guest: __guest_enter returns early,
-        # without an eret, when an interrupt is already pending (entry.S:45-53), and the
-        # run loop retries; the interrupt stays in the list registers meanwhile.
-        eret = next(
+        # The entry that really ran the guest: the run loop may abandon an entry after
+        # flushing (a pending request: kvm_vcpu_exit_request, arm.c) and __guest_enter
+        # may return early without an eret (an interrupt already pending,
+        # entry.S:45-53); it then retries, and the interrupt stays in the list registers.
+        delivering = next(
             (
-                e.eret_t
+                e
                 for e in entries_by_vcpu.get(vcpu, [])
-                if e.flush_t >= entry.flush_t and e.eret_t is not None and e.eret_t < ack.t
+                if e.flush_t >= entry.flush_t
+                and e.enter_t is not None
+                and e.eret_t is not None
+                and e.eret_t < ack.t
             ),
             None,
         )
-        if entry.enter_t is not None and eret is not None:
-            phases["F"] = Span(entry.enter_t, eret)
+        if delivering is not None and delivering.enter_t is not None:
+            phases["E"] = Span(entry.flush_t, delivering.enter_t)
+            if delivering.eret_t is not None:
+                phases["F"] = Span(delivering.enter_t, delivering.eret_t)
+        else:
+            end_e = entry.enter_t if entry.enter_t is not None else entry.flush_t
+            phases["E"] = Span(entry.flush_t, end_e)
         cands = [
             ex
             for ex in exits_by_vcpu.get(vcpu, [])

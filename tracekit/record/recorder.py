@@ -70,7 +70,7 @@ class RecordOptions:
     duration_s: float | None = None
     probe_set: str = "linux-6.1"
     #: Seconds without any progress (hits or console output) before it counts as a hang.
-    stall_timeout_s: float = 120.0
+    stall_timeout_s: float = 60.0
 
 
 @dataclass
@@ -392,6 +392,17 @@ class Recorder:
             write_events(events, out)
         return events, stats
 
+    def _diagnose_stall(self, monitor: Monitor) -> None:
+        """Save where every CPU is (QMP status, HMP registers) for the error report."""
+        lines: list[str] = []
+        try:
+            lines.append(f"status: {monitor.execute('query-status')}")
+            regs = monitor.execute("human-monitor-command", {"command-line": "info registers -a"})
+            lines.append(str(regs))
+        except TracekitError as exc:
+            lines.append(f"diagnostics failed: {exc}")
+        (self.raw_dir / "stall.txt").write_text("\n".join(lines) + "\n")
+
     def _loop(
         self, qemu: QemuProcess, mi: MiSession, monitor: Monitor
     ) -> tuple[GroundTruth | None, str]:
@@ -450,7 +461,11 @@ class Recorder:
             if done_deadline is not None and now > done_deadline:
                 return truth, "ground-truth"
             if now - last_progress > self.opts.stall_timeout_s:
-                raise VMError(f"no progress for {self.opts.stall_timeout_s:.0f} s (guest hang?)")
+                self._diagnose_stall(monitor)
+                raise VMError(
+                    f"no progress for {self.opts.stall_timeout_s:.0f} s (guest hang?)",
+                    hint=f"CPU state saved in {self.raw_dir}/stall.txt",
+                )
             if now - last_update > 0.25:
                 last_update = now
                 self.on_update(self.stats)

@@ -1,0 +1,83 @@
+"""Probe-set resolution: fallbacks, missing symbols, phases that cannot be covered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tracekit.errors import ConfigError, SymbolError
+from tracekit.kernel.kallsyms import Symbol, SymbolTable
+from tracekit.probes.resolve import resolve_probes
+from tracekit.probes.spec import load_probe_set
+
+pytestmark = pytest.mark.unit
+
+BASE = 0xFFFF800008000000
+PROBES = """\
+kernel = "test"
+description = "test"
+[[probe]]
+name = "a"
+symbol = "inlined_away"
+fallbacks = ["fn_a"]
+phase = "A"
+role = "queue"
+mode = "stop"
+capture.intid = "u32 [x1 + s.m]"
+{more}
+"""
+OTHER = "".join(
+    f'[[probe]]\nname = "{p}"\nsymbol = "fn_{p}"\nphase = "{p.upper()}"\nrole = "r"\n'
+    'mode = "timing"\n'
+    for p in "bcdef"
+)
+
+
+def table() -> SymbolTable:
+    names = ["fn_a", "fn_b", "fn_c", "fn_d", "fn_e", "fn_f", "_stext"]
+    syms = [Symbol(BASE + 0x10000 + 0x100 * i, "T", n) for i, n in enumerate(names)]
+    return SymbolTable(syms, image_base=BASE)
+
+
+def image() -> bytes:
+    return bytes(0x20000)
+
+
+def test_fallback_is_used_and_reported(tmp_path: Path) -> None:
+    f = tmp_path / "p.toml"
+    f.write_text(PROBES.format(more=OTHER))
+    res = resolve_probes(load_probe_set(str(f)), table(), image(), lambda m: 56)
+    assert res.fallbacks_used == (("a", "fn_a"),)
+    assert res.probes[0].address == BASE + 0x10000
+    assert res.probes[0].gdb_captures == (("intid", "*(unsigned int *)($x1 + 56)"),)
+
+
+def test_uncovered_phase_is_an_error_naming_it(tmp_path: Path) -> None:
+    f = tmp_path / "p.toml"
+    f.write_text(PROBES.format(more=OTHER.replace('symbol = "fn_e"', 'symbol = "gone"')))
+    with pytest.raises(SymbolError, match="cannot cover phase E"):
+        resolve_probes(load_probe_set(str(f)), table(), image(), lambda m: 0)
+
+
+def test_required_missing_symbol_without_fallback(tmp_path: Path) -> None:
+    f = tmp_path / "p.toml"
+    text = PROBES.format(more=OTHER).replace('fallbacks = ["fn_a"]', "required = true")
+    f.write_text(text)
+    with pytest.raises(SymbolError, match="inlined_away is absent .* no fallback"):
+        resolve_probes(load_probe_set(str(f)), table(), image(), lambda m: 0)
+
+
+def test_timing_probe_cannot_capture(tmp_path: Path) -> None:
+    f = tmp_path / "p.toml"
+    f.write_text(PROBES.format(more=OTHER).replace('mode = "stop"', 'mode = "timing"'))
+    with pytest.raises(ConfigError, match="needs|need"):
+        load_probe_set(str(f))
+
+
+def test_shipped_probe_set_has_mission_probes() -> None:
+    ps = load_probe_set()
+    names = {p.symbol for p in ps.probes}
+    assert {"vgic_queue_irq_unlock", "handle_exit", "kvm_vgic_flush_hwstate"} <= names
+    assert {p.phase for p in ps.probes} == set("ABCDEF")
+    assert ps.decoder.describe(2, 0x5A000000) == ("TRAP", "HVC64", "handle_hvc")
