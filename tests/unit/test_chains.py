@@ -45,7 +45,7 @@ def test_every_acknowledged_interrupt_is_a_complete_chain() -> None:
 
 
 def test_sources_and_exit_reasons_by_class() -> None:
-    events, meta = load()
+    events, _ = load()
     recon = reconstruct(events, load_probe_set().decoder, "vhe")
     by_intid = {c.intid: c for c in recon.chains}
     assert by_intid[1].cls == "ipi" and by_intid[1].source.startswith("SGI")

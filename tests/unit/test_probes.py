@@ -64,14 +64,14 @@ def test_required_missing_symbol_without_fallback(tmp_path: Path) -> None:
     f = tmp_path / "p.toml"
     text = PROBES.format(more=OTHER).replace('fallbacks = ["fn_a"]', "required = true")
     f.write_text(text)
-    with pytest.raises(SymbolError, match="inlined_away is absent .* no fallback"):
+    with pytest.raises(SymbolError, match=r"inlined_away is absent .* no fallback"):
         resolve_probes(load_probe_set(str(f)), table(), image(), lambda m: 0)
 
 
 def test_timing_probe_cannot_capture(tmp_path: Path) -> None:
     f = tmp_path / "p.toml"
     f.write_text(PROBES.format(more=OTHER).replace('mode = "stop"', 'mode = "timing"'))
-    with pytest.raises(ConfigError, match="needs|need"):
+    with pytest.raises(ConfigError, match=r"need"):
         load_probe_set(str(f))
 
 
