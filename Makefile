@@ -7,9 +7,9 @@ VENV := .venv/bin
 setup:
 	@scripts/setup.sh
 
-## The main job on the built-in defaults.
+## The main job on the built-in defaults: record the default scenario, print the summary.
 demo: setup
-	$(VENV)/tracekit guest run
+	$(VENV)/tracekit record -o out/demo.pftrace
 
 ## Everything: lint, type check, then every test tier (unit, integration, e2e).
 test: setup lint typecheck

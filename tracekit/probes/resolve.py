@@ -17,6 +17,15 @@ from tracekit.probes.spec import PHASES, ProbeSet, ProbeSpec
 __all__ = ["ResolvedProbe", "ResolvedProbeSet", "resolve_probes"]
 
 ERET = 0xD69F03E0
+NOP = 0xD503201F
+#: First instructions a ``stop`` probe may resume past without executing them. With
+#: CONFIG_DYNAMIC_FTRACE_WITH_REGS every traceable function starts with two NOPs, and
+#: ftrace_init_nop() turns the first into ``mov x9, x30`` at boot (arch/arm64/kernel/
+#: ftrace.c); x9 is a scratch register only ftrace_caller reads, and the second NOP
+#: becomes ``bl ftrace_caller`` only while tracing that function. Skipping the first
+#: instruction therefore changes nothing, and it avoids QEMU's single-step over a
+#: breakpoint (which hung QEMU 7.2 under -icount here, and flushes translations).
+SKIPPABLE = (NOP, 0xAA1E03E9)
 #: Longest function body scanned for an interior point (bytes).
 SCAN_LIMIT = 0x2000
 
@@ -31,10 +40,18 @@ class ResolvedProbe:
     location: str
     #: (capture name, GDB expression), in the spec's order.
     gdb_captures: tuple[tuple[str, str], ...]
+    #: A ``stop`` probe on a function's patchable ftrace entry: the debugger resumes at
+    #: the next instruction instead of stepping over the breakpoint (see SKIPPABLE).
+    skip_entry: bool = False
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def stamp_address(self) -> int:
+        """Where the timebase plugin stamps this probe (the executed instruction)."""
+        return self.address + 4 if self.skip_entry else self.address
 
 
 @dataclass(frozen=True)
@@ -104,7 +121,13 @@ def _resolve_one(
         (name, to_gdb(expr, offset_of, f"probe {spec.name}: capture.{name}"))
         for name, expr in spec.capture.items()
     )
-    probe = ResolvedProbe(spec, addr, used, symbols.symbolize(addr), captures)
+    skip = (
+        spec.mode == "stop"
+        and not (spec.after_call or spec.instruction or spec.offset)
+        and instruction_at(image, symbols, addr) in SKIPPABLE
+        and instruction_at(image, symbols, addr + 4) == NOP
+    )
+    probe = ResolvedProbe(spec, addr, used, symbols.symbolize(addr), captures, skip)
     return probe, (used if used != spec.symbol else None)
 
 
@@ -136,6 +159,12 @@ def resolve_probes(
             )
     seen: dict[int, str] = {}
     for p in resolved:
+        for stamp in {p.address, p.stamp_address} - {p.address}:
+            if stamp in {q.address for q in resolved}:
+                raise SymbolError(
+                    f"probe {p.name} is stamped at {stamp:#x}, where another probe sits",
+                    hint="move one of them",
+                )
         if p.address in seen:
             raise SymbolError(
                 f"probes {seen[p.address]} and {p.name} share address {p.address:#x}",

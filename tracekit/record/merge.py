@@ -4,7 +4,9 @@ Every probe PC is timestamped by the plugin (``TKP``). For ``stop`` probes GDB a
 reported the hit with the values it read; the k-th GDB hit of a PC on a CPU is the k-th
 plugin timing of that PC on that CPU (the breakpoint stops the CPU before the instruction;
 GDB's step over it then executes it, and the instruction count does not advance while the
-VM is stopped). Unmatched items on either side are counted, never silently dropped.
+VM is stopped). A probe that resumes past its patchable entry (``skip_entry``) is
+stamped at the next instruction, which runs right after the stop. Unmatched items on
+either side are counted, never silently dropped.
 """
 
 from __future__ import annotations
@@ -68,10 +70,11 @@ def merge(
 ) -> list[RawEvent]:
     st = stats if stats is not None else MergeStats()
     by_pc = {p.address: p for p in probes}
-    pending: dict[tuple[int, int], deque[GdbHit]] = defaultdict(deque)
+    # Keyed by probe name: a probe that resumes past its entry is stamped at pc + 4.
+    pending: dict[tuple[int, str], deque[GdbHit]] = defaultdict(deque)
     for hit in hits:
         st.gdb_hits += 1
-        pending[(hit.cpu, hit.pc)].append(hit)
+        pending[(hit.cpu, hit.probe)].append(hit)
     events: list[RawEvent] = []
     for item in parse_qemu_log(log_lines, st.log):
         if isinstance(item, GicEvent):
@@ -84,7 +87,7 @@ def merge(
             continue
         values: Mapping[str, int] = {}
         if probe.mode == "stop":
-            queue = pending.get((item.cpu, item.pc))
+            queue = pending.get((item.cpu, probe.name))
             if not queue:
                 st.stop_timings_without_hit += 1
                 continue

@@ -141,6 +141,7 @@ class Recorder:
         self._inflight: dict[int, tuple[dict[str, Any], str]] = {}
         self._probes_by_bkpt: dict[str, ResolvedProbe] = {}
         self._thread_cpu: dict[str, int] = {}
+        self._qemu_pid: int | None = None
         self.host_el = 2 if options.profile.kvm_mode == "vhe" else 1
 
     # -- set-up ------------------------------------------------------------------------
@@ -160,7 +161,7 @@ class Recorder:
             for stale in ("hits.jsonl", "qemu.log", "events.jsonl", "console.log"):
                 (self.raw_dir / stale).unlink(missing_ok=True)
             (self.raw_dir / "probes.txt").write_text(
-                "".join(f"{p.address:x}\n" for p in probes.probes)
+                "".join(f"{p.stamp_address:x}\n" for p in probes.probes)
             )
         except OSError as exc:
             raise TracekitError(
@@ -175,6 +176,9 @@ class Recorder:
             "-gdb-set pagination off",
             "-gdb-set confirm off",
             "-gdb-set breakpoint pending off",
+            # Keep breakpoints in QEMU across stops: each insert/remove flushes its
+            # translation cache (and resuming past skip_entry probes needs no removal).
+            "-gdb-set breakpoint always-inserted on",
         ):
             mi.command(cmd)
         mi.command(f"-target-select remote {runtime.gdb_socket}", timeout=30)
@@ -222,6 +226,9 @@ class Recorder:
         }
         self._seq += 1
         cmds = [f'-data-evaluate-expression "(unsigned long)({e})"' for _, e in exprs]
+        if probe.skip_entry:
+            # Resume after the patchable-entry instruction (see probes/resolve.py).
+            cmds.append(f"-gdb-set var $pc = {probe.address + 4:#x}")
         tokens = mi.send([*cmds, "-exec-continue"])
         for (name, _), token in zip(exprs, tokens, strict=False):
             self._inflight[token] = (hit, name)
@@ -290,7 +297,9 @@ class Recorder:
             "probes": [
                 {
                     "name": p.name,
-                    "address": p.address,
+                    "address": p.stamp_address,
+                    "break_address": p.address,
+                    "skip_entry": p.skip_entry,
                     "location": p.location,
                     "phase": p.spec.phase,
                     "role": p.spec.role,
@@ -311,6 +320,7 @@ class Recorder:
         mi: MiSession | None = None
         try:
             qemu.start()
+            self._qemu_pid = qemu.pid
             monitor = Monitor(runtime.qmp_socket)
             monitor.connect()
             meta["qemu_version"] = monitor.version
@@ -381,7 +391,7 @@ class Recorder:
             else []
         )
         infos = [
-            ProbeInfo(p.name, p.address, p.spec.phase, p.spec.role, p.spec.mode)
+            ProbeInfo(p.name, p.stamp_address, p.spec.phase, p.spec.role, p.spec.mode)
             for p in probes.probes
         ]
         stats = MergeStats()
@@ -401,6 +411,26 @@ class Recorder:
             lines.append(str(regs))
         except TracekitError as exc:
             lines.append(f"diagnostics failed: {exc}")
+            if self._qemu_pid is not None:
+                # QEMU itself is stuck: record where its threads are, for a bug report.
+                import subprocess
+
+                bt = subprocess.run(
+                    [
+                        self.tools.gdb,
+                        "-p",
+                        str(self._qemu_pid),
+                        "--batch",
+                        "-nx",
+                        "-ex",
+                        "thread apply all bt 25",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+                lines.append(bt.stdout[-20000:])
         (self.raw_dir / "stall.txt").write_text("\n".join(lines) + "\n")
 
     def _loop(
