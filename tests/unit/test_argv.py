@@ -30,4 +30,4 @@ def test_argv_uses_unix_sockets_only() -> None:
     assert "-S" in argv
     assert "tcp" not in joined and "-s" not in argv
     assert argv[argv.index("-append") + 1].endswith("tracekit.scenario=ipi")
-    assert argv[argv.index("-icount") + 1] == "shift=0,sleep=off"
+    assert argv[argv.index("-icount") + 1] == "shift=0,sleep=on"
