@@ -47,7 +47,7 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from tracekit.cli import doctor, guest, record, trace
+    from tracekit.cli import bench, doctor, guest, record, trace
 
     cli.add_command(doctor.doctor)
     cli.add_command(guest.guest)
@@ -56,6 +56,7 @@ def _register() -> None:
     cli.add_command(trace.export)
     cli.add_command(trace.open_trace)
     cli.add_command(trace.query)
+    cli.add_command(bench.bench)
 
 
 _register()

@@ -47,6 +47,8 @@ class GuestRunResult:
     ready: dict[str, Any]
     wall_boot_s: float
     wall_total_s: float
+    #: Host seconds from L1's ready line to the ground truth (the scenario itself).
+    wall_scenario_s: float
     console_log: Path
 
 
@@ -134,10 +136,11 @@ def run_scenario(
                     hint=f"see {runtime.console_log}",
                 )
             truth = parse_ground_truth_line(line)
+            scenario_s = time.monotonic() - start - boot_s
             with contextlib.suppress(VMError):
                 qemu.wait_for_line([DONE], 30, deadline_what="L1 to finish")
             total = time.monotonic() - start
-            result = GuestRunResult(truth, ready, boot_s, total, runtime.console_log)
+            result = GuestRunResult(truth, ready, boot_s, total, scenario_s, runtime.console_log)
     except BaseException:
         # Keep the runtime directory: the error message points at its console log.
         raise

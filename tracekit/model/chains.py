@@ -17,6 +17,7 @@ Correlation rules (docs/phases.md):
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -290,14 +291,18 @@ def reconstruct(
     for ack in acks:
         acks_by_key[(ack.intid, ack.vcpu)].append(ack)
 
+    index = _Index(exits, exits_by_vcpu, entries_by_vcpu)
     chains: list[Chain] = []
     unmatched = 0
     for key in sorted(acks_by_key):
         intid, vcpu = key
         prev_t = -1
         qlist = queues.get(key, [])
+        qi = 0
         for ack in acks_by_key[key]:
-            q = next((e for e in qlist if prev_t < e.t < ack.t), None)
+            while qi < len(qlist) and qlist[qi].t <= prev_t:
+                qi += 1
+            q = qlist[qi] if qi < len(qlist) and qlist[qi].t < ack.t else None
             prev_t = ack.t
             chain = _build_chain(
                 len(chains),
@@ -307,9 +312,7 @@ def reconstruct(
                 q,
                 by_cpu,
                 cpu_times,
-                exits,
-                exits_by_vcpu,
-                entries_by_vcpu,
+                index,
                 decoder,
                 kvm_mode,
                 classes,
@@ -341,15 +344,54 @@ def _classify(
     return "virtual"
 
 
-def _exit_around(exits: Sequence[Exit], cpu: int, t: int) -> Exit | None:
-    """The exit being handled on ``cpu`` at time ``t`` (its D contains t)."""
-    best = None
-    for ex in exits:
-        if ex.cpu != cpu or ex.start is None or ex.start > t:
-            continue
-        if ex.d_end is None or ex.d_end >= t:
-            best = ex
-    return best
+class _Index:
+    """Sorted views for O(log n) lookups while building chains."""
+
+    def __init__(
+        self,
+        exits: Sequence[Exit],
+        exits_by_vcpu: Mapping[int, list[Exit]],
+        entries_by_vcpu: Mapping[int, list[Entry]],
+    ) -> None:
+        by_cpu: dict[int, list[Exit]] = defaultdict(list)
+        for ex in exits:
+            if ex.start is not None:
+                by_cpu[ex.cpu].append(ex)
+        self.exits_by_cpu = {
+            c: sorted(lst, key=lambda e: e.start or 0) for c, lst in by_cpu.items()
+        }
+        self.exit_starts = {c: [e.start or 0 for e in lst] for c, lst in self.exits_by_cpu.items()}
+        self.handled = {
+            v: sorted(
+                (e for e in lst if e.handle_exit_t is not None), key=lambda e: e.handle_exit_t or 0
+            )
+            for v, lst in exits_by_vcpu.items()
+        }
+        self.handled_t = {v: [e.handle_exit_t or 0 for e in lst] for v, lst in self.handled.items()}
+        self.entries = {
+            v: sorted(lst, key=lambda e: e.flush_t) for v, lst in entries_by_vcpu.items()
+        }
+        self.flush_t = {v: [e.flush_t for e in lst] for v, lst in self.entries.items()}
+
+    def exit_around(self, cpu: int, t: int) -> Exit | None:
+        """The exit being handled on ``cpu`` at time ``t`` (its B..D contains t)."""
+        starts = self.exit_starts.get(cpu, [])
+        i = bisect.bisect_right(starts, t) - 1
+        if i < 0:
+            return None
+        ex = self.exits_by_cpu[cpu][i]
+        return ex if ex.d_end is None or ex.d_end >= t else None
+
+    def last_exit_before(self, vcpu: int, t: int) -> Exit | None:
+        times = self.handled_t.get(vcpu, [])
+        i = bisect.bisect_left(times, t) - 1
+        return self.handled[vcpu][i] if i >= 0 else None
+
+    def entries_from(self, vcpu: int, t: int) -> list[Entry]:
+        """Entries of ``vcpu`` from the last one flushed before ``t`` onwards."""
+        times = self.flush_t.get(vcpu, [])
+        i = max(0, bisect.bisect_left(times, t) - 1)
+        return self.entries.get(vcpu, [])[i:]
 
 
 def _build_chain(
@@ -360,9 +402,7 @@ def _build_chain(
     q: RawEvent | None,
     by_cpu: Mapping[int, list[RawEvent]],
     cpu_times: Mapping[int, list[int]],
-    exits: Sequence[Exit],
-    exits_by_vcpu: Mapping[int, list[Exit]],
-    entries_by_vcpu: Mapping[int, list[Entry]],
+    index: _Index,
     decoder: ExitDecoder,
     kvm_mode: str,
     classes: Mapping[tuple[int, int], str] | None,
@@ -381,7 +421,7 @@ def _build_chain(
         i = bisect.bisect_left(cpu_times[q.cpu], q.t)
         a_start = q.t
         # Walk back over the source's own calls (stop at the previous run-loop boundary).
-        for ev in reversed(lst[:i]):
+        for ev in (lst[j] for j in range(i - 1, -1, -1)):
             if ev.role in ("queue", "eret", "flush", "guest_exit", "handle_exit"):
                 break
             if ev.role.startswith("source_") or ev.role == "inject":
@@ -391,7 +431,7 @@ def _build_chain(
                 if ev.role == "source_sgi":
                     sender_vcpu, sgi1r = ev.values.get("vcpu"), ev.values.get("sgi1r")
         a_end = q.t
-        for ev in lst[i + 1 :]:
+        for ev in (lst[j] for j in range(i + 1, len(lst))):
             if ev.role == "queue":
                 break
             if ev.role == "kick" and ev.values.get("vcpu") == vcpu:
@@ -399,14 +439,15 @@ def _build_chain(
                 break
         if source_role == "source_sgi":
             # The IPI starts when the sender's write to ICC_SGI1R_EL1 traps (its exit).
-            trap = _exit_around(exits, q.cpu, q.t)
+            trap = index.exit_around(q.cpu, q.t)
             if trap is not None and trap.start is not None:
                 a_start = trap.start
         phases["A"] = Span(a_start, a_end)
     cls = _classify(intid, vcpu, source_role, hw, classes)
     entry = None
     lr = None
-    for ent in entries_by_vcpu.get(vcpu, []):
+    candidates = index.entries_from(vcpu, after)
+    for pos, ent in enumerate(candidates):
         if ent.flush_t > ack.t:
             break
         hit = next(
@@ -419,6 +460,7 @@ def _build_chain(
         )
         if hit is not None:
             entry, lr = ent, hit[1]
+            candidates = candidates[pos:]
             break
     exit_ = None
     if entry is not None:
@@ -429,7 +471,7 @@ def _build_chain(
         delivering = next(
             (
                 e
-                for e in entries_by_vcpu.get(vcpu, [])
+                for e in itertools.takewhile(lambda e: e.flush_t < ack.t, candidates)
                 if e.flush_t >= entry.flush_t
                 and e.enter_t is not None
                 and e.eret_t is not None
@@ -444,13 +486,8 @@ def _build_chain(
         else:
             end_e = entry.enter_t if entry.enter_t is not None else entry.flush_t
             phases["E"] = Span(entry.flush_t, end_e)
-        cands = [
-            ex
-            for ex in exits_by_vcpu.get(vcpu, [])
-            if ex.handle_exit_t is not None and ex.handle_exit_t < entry.flush_t
-        ]
-        if cands:
-            exit_ = cands[-1]
+        exit_ = index.last_exit_before(vcpu, entry.flush_t)
+        if exit_ is not None:
             phases.update(exit_.spans(kvm_mode))
     reason = ""
     if exit_ is not None:

@@ -142,6 +142,7 @@ class Recorder:
         self._probes_by_bkpt: dict[str, ResolvedProbe] = {}
         self._thread_cpu: dict[str, int] = {}
         self._qemu_pid: int | None = None
+        self._meta: dict[str, Any] = {}
         self.host_el = 2 if options.profile.kvm_mode == "vhe" else 1
 
     # -- set-up ------------------------------------------------------------------------
@@ -331,7 +332,9 @@ class Recorder:
             self.on_update(self.stats)
             mi = MiSession(self.tools.gdb, transcript=self.raw_dir / "gdb-mi.log")
             self._gdb_setup(mi, runtime, probes)
+            meta["mi_roundtrip_ms"] = self._mi_roundtrip(mi)
             meta["ready_s"] = round(self.stats.elapsed, 3)
+            self._meta = meta
             mi.send(["-exec-continue"])
             self.stats.phase = "booting L1"
             truth, ended_by = self._loop(qemu, mi, monitor)
@@ -402,6 +405,13 @@ class Recorder:
             write_events(events, out)
         return events, stats
 
+    def _mi_roundtrip(self, mi: MiSession, n: int = 30) -> float:
+        """A bare GDB/MI round trip to the stopped target: the floor of one stop (ms)."""
+        start = time.monotonic()
+        for _ in range(n):
+            mi.command('-data-evaluate-expression "(unsigned long)$pc"')
+        return round((time.monotonic() - start) * 1000 / n, 3)
+
     def _diagnose_stall(self, monitor: Monitor) -> None:
         """Save where every CPU is (QMP status, HMP registers) for the error report."""
         lines: list[str] = []
@@ -461,6 +471,7 @@ class Recorder:
                 last_progress = time.monotonic()
                 self.stats.console_tail = ([*self.stats.console_tail, line])[-8:]
                 if line.startswith(READY):
+                    self._meta["l1_ready_s"] = round(self.stats.elapsed, 3)
                     check_ready(parse_ready(line), profile)
                     self.stats.phase = f"running {self.opts.request.scenario.name} in L2"
                     run_deadline = time.monotonic() + (
@@ -470,6 +481,8 @@ class Recorder:
                     raise VMError("L1: " + line[len(L1_ERROR) :])
                 elif line.startswith(GROUND_TRUTH_PREFIX):
                     truth = parse_ground_truth_line(line)
+                    self._meta["ground_truth_s"] = round(self.stats.elapsed, 3)
+                    self._meta["stops_at_ground_truth"] = self.stats.stops
                     self.stats.phase = "ground truth received; finishing"
                     done_deadline = time.monotonic() + 60
                 elif line.startswith(DONE) and truth is not None:

@@ -1,0 +1,128 @@
+"""``tracekit bench``: tracing overhead and export throughput, measured in one go.
+
+Runs the same scenario untraced and traced (so the ratios come from one run of the
+benchmark), and exports synthetic events in a child process to measure throughput and
+peak memory. Figures are reported, not asserted; ``docs/performance.md`` keeps them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tracekit.config import MachineProfile, ToolPaths
+from tracekit.errors import TracekitError
+from tracekit.guest.assets import GuestAssets
+from tracekit.guest.runner import ScenarioRequest, run_scenario
+from tracekit.record.recorder import Recorder, RecordOptions
+
+__all__ = ["TARGETS", "bench_export", "run_bench"]
+
+#: name -> (comparison, target) for this round (issue 6).
+TARGETS: dict[str, tuple[str, float]] = {
+    "host_ms_per_event": ("<=", 1.0),
+    "guest_dilation": ("<=", 3.0),
+    "export_events_per_s": (">=", 100_000),
+    "export_ratio_vs_raw": ("<=", 2.0),
+    "export_peak_rss_mb": ("<=", 200),
+    "ready_s": ("<=", 20),
+}
+
+
+def bench_export(n_events: int, workdir: Path) -> dict[str, float]:
+    """Export ``n_events`` synthetic events in a child; its own peak RSS via wait4."""
+    out = workdir / "synthetic.pftrace"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tracekit.bench.export_worker", str(n_events), str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    data = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise TracekitError(f"export benchmark child failed (exit {proc.returncode})")
+    figures: dict[str, float] = json.loads(data)
+    figures["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    return figures
+
+
+def run_bench(
+    req: ScenarioRequest,
+    profile: MachineProfile,
+    assets: GuestAssets,
+    tools: ToolPaths,
+    *,
+    export_events: int,
+    report: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "scenario": req.scenario.name,
+        "count": req.count,
+        "vcpus": req.vcpus,
+        "machine": profile.name,
+        "export_events": export_events,
+        "host": os.uname().machine,
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    with tempfile.TemporaryDirectory(prefix="tracekit-bench-") as tmp:
+        work = Path(tmp)
+        report(f"export: {export_events} synthetic events")
+        ex = bench_export(export_events, work)
+        report(f"untraced {req.scenario.name} run")
+        plain = run_scenario(req, profile, assets, tools)
+        report(f"traced {req.scenario.name} run")
+        rec = Recorder(RecordOptions(req, profile, work / "bench.pftrace"), assets, tools).run()
+    if rec.ground_truth is None or rec.incomplete_reason:
+        raise TracekitError(f"the traced run did not complete: {rec.incomplete_reason}")
+    meta = rec.meta
+    traced_window = float(meta["ground_truth_s"]) - float(meta["l1_ready_s"])
+    events = len(rec.events)
+    stops = int(meta["stops_at_ground_truth"])
+    interrupts = sum(rec.ground_truth.per_class().values())
+    results.update(
+        {
+            "host_ms_per_event": round(traced_window * 1000 / max(events, 1), 3),
+            "events_per_interrupt": round(events / max(interrupts, 1), 2),
+            "host_ms_per_stop": round(
+                (traced_window - plain.wall_scenario_s) * 1000 / max(stops, 1), 3
+            ),
+            "host_ms_per_stop_raw": round(traced_window * 1000 / max(stops, 1), 3),
+            "mi_roundtrip_ms": meta["mi_roundtrip_ms"],
+            "guest_dilation": round(rec.ground_truth.l1_ns / max(plain.ground_truth.l1_ns, 1), 3),
+            "export_events_per_s": round(ex["events"] / ex["export_s"]),
+            "export_ratio_vs_raw": round(ex["export_s"] / ex["serialize_s"], 2),
+            "export_peak_rss_mb": round(ex["peak_rss_mb"], 1),
+            "ready_s": meta["ready_s"],
+            "detail": {
+                "traced_scenario_wall_s": round(traced_window, 3),
+                "untraced_scenario_wall_s": round(plain.wall_scenario_s, 3),
+                "events": events,
+                "stops": stops,
+                "interrupts": interrupts,
+                "l1_ns_traced": rec.ground_truth.l1_ns,
+                "l1_ns_untraced": plain.ground_truth.l1_ns,
+                "export_s": round(ex["export_s"], 3),
+                "serialize_s": round(ex["serialize_s"], 3),
+                "export_packets": ex["packets"],
+                "export_bytes": ex["bytes"],
+            },
+        }
+    )
+    results["targets"] = {
+        name: {
+            "target": f"{op} {value:g}",
+            "met": (results[name] <= value if op == "<=" else results[name] >= value),
+        }
+        for name, (op, value) in TARGETS.items()
+    }
+    return results
