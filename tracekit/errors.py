@@ -18,6 +18,7 @@ but found a problem); any other exception is a bug and only shows a traceback wi
      +-- DebuggerError          GDB could not attach or misbehaved
      +-- TraceFileError         a .pftrace or raw event log cannot be read or written
      +-- GroundTruthError       the workload's own counters disagree (exit code 1)
+     +-- Interrupted            the user pressed Ctrl-C (exit code 130)
 """
 
 from __future__ import annotations
@@ -97,3 +98,9 @@ class GroundTruthError(TracekitError):
     """The workload's own counters disagree with each other or with the trace."""
 
     exit_code = 1
+
+
+class Interrupted(TracekitError):
+    """The user interrupted a command (Ctrl-C); what was recorded so far is kept."""
+
+    exit_code = 130

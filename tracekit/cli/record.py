@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tracekit.config import load_guest_config, load_machine, load_scenarios, load_tools
-from tracekit.errors import GroundTruthError, TracekitError, VMError
+from tracekit.errors import GroundTruthError, Interrupted, TracekitError, VMError
 from tracekit.record.recorder import LiveStats
 
 __all__ = ["record", "render_live"]
@@ -84,6 +84,13 @@ def default_output(scenario: str) -> Path:
     show_default=True,
     help="Probe set in configs/probes/ (or a .toml path).",
 )
+@click.option(
+    "--stall-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds without any progress before the guest counts as hung.",
+)
 @click.option("--console", "show_console", is_flag=True, help="Show the L1 console tail.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def record(
@@ -95,6 +102,7 @@ def record(
     output: Path | None,
     duration: float | None,
     probe_set: str,
+    stall_timeout: float,
     show_console: bool,
     as_json: bool,
 ) -> int:
@@ -117,7 +125,9 @@ def record(
     out = output or default_output(spec.name)
     if out.suffix != ".pftrace":
         raise TracekitError(f"output {out} should end in .pftrace", hint="e.g. -o trace.pftrace")
-    opts = RecordOptions(req, profile, out, duration_s=duration, probe_set=probe_set)
+    opts = RecordOptions(
+        req, profile, out, duration_s=duration, probe_set=probe_set, stall_timeout_s=stall_timeout
+    )
     with Live(console=err_console, refresh_per_second=4, transient=True) as live:
         recorder = Recorder(
             opts,
@@ -139,6 +149,8 @@ def record(
             f"open with `tracekit open {out}`)"
         )
     del report
+    if result.ended_by == "interrupted":
+        raise Interrupted(f"recording interrupted; the partial trace is {out}")
     if result.incomplete_reason:
         raise VMError(
             f"recording incomplete: {result.incomplete_reason}; the partial trace is {out}"

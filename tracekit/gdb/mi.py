@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -60,8 +61,11 @@ class MiSession:
 
     def __init__(self, gdb: str, *, transcript: Path | None = None) -> None:
         try:
+            # setsid: a terminal's Ctrl-C must reach tracekit only (which then stops in
+            # order), not GDB, which would interrupt the target on its own.
+            prefix = ["setsid"] if shutil.which("setsid") else []
             self._ctl = GdbController(
-                command=[gdb, "--nx", "--quiet", "--interpreter=mi3"],
+                command=[*prefix, gdb, "--nx", "--quiet", "--interpreter=mi3"],
                 time_to_check_for_additional_output_sec=0.0,
             )
         except (FileNotFoundError, ValueError) as exc:

@@ -143,6 +143,7 @@ class Recorder:
         self._thread_cpu: dict[str, int] = {}
         self._qemu_pid: int | None = None
         self._meta: dict[str, Any] = {}
+        self._stop_requested = False
         self.host_el = 2 if options.profile.kvm_mode == "vhe" else 1
 
     # -- set-up ------------------------------------------------------------------------
@@ -267,7 +268,28 @@ class Recorder:
         self._hits_file.write(json.dumps(hit, separators=(",", ":")) + "\n")
         self._hits_file.flush()
 
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        """First Ctrl-C: finish cleanly (shut down, keep what was recorded); second: now."""
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        self.stats.phase = "Ctrl-C: stopping (press again to stop at once)"
+
     def run(self) -> RecordResult:
+        import signal
+        import threading
+
+        self._stop_requested = False
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            return self._run()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _run(self) -> RecordResult:
         probes, plugin = self._prepare()
         req = self.opts.request
         runtime = RuntimeDir.create()
@@ -361,6 +383,8 @@ class Recorder:
             except OSError:
                 pass
             runtime.remove()
+        if ended_by == "interrupted" and incomplete is None:
+            incomplete = "interrupted by the user (Ctrl-C)"
         if truth is None and incomplete is None:
             incomplete = f"recording ended ({ended_by}) before the workload's ground truth"
         meta["ended_by"] = ended_by
@@ -490,6 +514,8 @@ class Recorder:
                 elif "Kernel panic" in line:
                     raise VMError(f"the L1 kernel panicked: {line.strip()[:120]}")
             now = time.monotonic()
+            if self._stop_requested:
+                return truth, "interrupted"
             if qemu.poll() is not None:
                 if truth is not None:
                     return truth, "ground-truth"

@@ -1,0 +1,148 @@
+"""Faults during a real recording: each ends in bounded time with a one-line reason, a
+non-zero exit code, a readable partial trace, and no QEMU/GDB process or socket left."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.sockets import descendants
+
+pytestmark = pytest.mark.e2e
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+class Recording:
+    def __init__(self, tmp: Path, *extra: str) -> None:
+        self.out = tmp / "fault.pftrace"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tracekit",
+                "record",
+                "--scenario",
+                "mixed",
+                "--count",
+                "200",
+                "-o",
+                str(self.out),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.seen: set[int] = set()
+        self.runtime: Path | None = None
+
+    def children(self) -> dict[str, int]:
+        pids = descendants(self.proc.pid)
+        self.seen.update(pids)
+        found = {}
+        for p in pids:
+            name = comm(p)
+            if name.startswith("qemu-system"):
+                found["qemu"] = p
+                cmd = Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+                m = re.search(r"unix:(/[^,\x00]+)/qmp\.sock", cmd)
+                if m:
+                    self.runtime = Path(m.group(1))
+            elif name.startswith("gdb"):
+                found["gdb"] = p
+        return found
+
+    def wait_for_hits(self, n: int = 20, timeout: float = 300) -> dict[str, int]:
+        hits = self.out.with_suffix(".raw") / "hits.jsonl"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            kids = self.children()
+            if hits.exists() and len(hits.read_text().splitlines()) >= n and len(kids) == 2:
+                return kids
+            assert self.proc.poll() is None, self.proc.communicate()[1]
+            time.sleep(0.2)
+        raise AssertionError("the recording captured nothing")
+
+    def finish(self, timeout: float = 120) -> tuple[int, str, float]:
+        start = time.monotonic()
+        _, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, err, time.monotonic() - start
+
+
+def check_aftermath(rec: Recording, rc: int, err: str, want: str) -> dict[str, Any]:
+    assert rc != 0
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) <= 2 and want in err, err  # the error (wrapped at most once)
+    assert "Traceback" not in err
+    leftovers = [
+        p
+        for p in rec.seen
+        if Path(f"/proc/{p}").exists() and comm(p).startswith(("qemu-system", "gdb"))
+    ]
+    assert leftovers == [], leftovers
+    assert rec.runtime is not None and not rec.runtime.exists(), "runtime dir/sockets left"
+    summary = subprocess.run(
+        [sys.executable, "-m", "tracekit", "summary", str(rec.out), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert summary.returncode == 0, summary.stderr
+    data: dict[str, Any] = json.loads(summary.stdout)
+    assert data["incomplete_reason"], "the partial trace must say it is incomplete"
+    assert sum(c["complete_chains"] + c["partial_chains"] for c in data["classes"].values()) >= 0
+    assert (rec.out.with_suffix(".raw") / "events.jsonl").exists()
+    return data
+
+
+def test_qemu_killed(tmp_path: Path, guest_assets: object) -> None:
+    rec = Recording(tmp_path)
+    kids = rec.wait_for_hits()
+    os.kill(kids["qemu"], signal.SIGKILL)
+    rc, err, took = rec.finish()
+    assert took < 30
+    data = check_aftermath(rec, rc, err, "QEMU exited")
+    assert "QEMU exited" in data["incomplete_reason"]
+
+
+def test_gdb_killed(tmp_path: Path, guest_assets: object) -> None:
+    rec = Recording(tmp_path)
+    kids = rec.wait_for_hits()
+    os.kill(kids["gdb"], signal.SIGKILL)
+    rc, err, took = rec.finish()
+    assert took < 30
+    check_aftermath(rec, rc, err, "GDB")
+
+
+def test_ctrl_c_once_stops_cleanly(tmp_path: Path, guest_assets: object) -> None:
+    rec = Recording(tmp_path)
+    rec.wait_for_hits()
+    rec.proc.send_signal(signal.SIGINT)
+    rc, err, took = rec.finish()
+    assert rc == 130 and took < 30
+    data = check_aftermath(rec, rc, err, "interrupted")
+    assert "Ctrl-C" in data["incomplete_reason"]
+
+
+def test_guest_hang_is_detected(tmp_path: Path, guest_assets: object) -> None:
+    rec = Recording(tmp_path, "--stall-timeout", "5")
+    kids = rec.wait_for_hits()
+    os.kill(kids["qemu"], signal.SIGSTOP)  # nothing progresses any more
+    rc, err, took = rec.finish(timeout=180)
+    assert took < 120
+    check_aftermath(rec, rc, err, "no progress")

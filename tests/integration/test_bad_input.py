@@ -1,0 +1,107 @@
+"""Bad input gets one line naming the input and the fix, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+RAW = Path(__file__).parents[1] / "data" / "raw" / "mixed5"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tracekit", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def one_line_error(out: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    for n in needles:
+        assert n in out.stderr, out.stderr
+
+
+@pytest.fixture(scope="module")
+def good_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("t") / "good.pftrace"
+    r = run("export", str(RAW), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_summary_missing_file(tmp_path: Path) -> None:
+    one_line_error(run("summary", str(tmp_path / "nope.pftrace")), "does not exist")
+
+
+def test_summary_truncated(tmp_path: Path, good_trace: Path) -> None:
+    bad = tmp_path / "cut.pftrace"
+    data = good_trace.read_bytes()
+    bad.write_bytes(data[: len(data) // 2 + 3])
+    out = run("summary", str(bad))
+    one_line_error(out, str(bad))
+
+
+def test_summary_not_perfetto(tmp_path: Path) -> None:
+    for name, data in (
+        ("empty.pftrace", b""),
+        ("text.pftrace", b'{"json": true}\n' * 50),
+        ("noise.pftrace", os.urandom(4096)),
+    ):
+        bad = tmp_path / name
+        bad.write_bytes(data)
+        one_line_error(run("summary", str(bad)), str(bad))
+
+
+def test_summary_good(good_trace: Path) -> None:
+    out = run("summary", str(good_trace), "--json")
+    assert out.returncode == 0, out.stderr
+
+
+def test_unwritable_output(tmp_path: Path, guest_assets: object) -> None:
+    one_line_error(
+        run("record", "--scenario", "ipi", "-o", "/proc/tracekit.pftrace"),
+        "/proc/tracekit",
+        "writable",
+    )
+
+
+def test_output_must_be_pftrace(tmp_path: Path, guest_assets: object) -> None:
+    one_line_error(run("record", "-o", str(tmp_path / "x.json")), ".pftrace")
+
+
+def test_unknown_probe_set(guest_assets: object) -> None:
+    one_line_error(run("record", "--probes", "linux-9.9"), "unknown probe set", "linux-6.1")
+
+
+def test_malformed_probe_set(tmp_path: Path, guest_assets: object) -> None:
+    bad = tmp_path / "p.toml"
+    bad.write_text('kernel = "x"\ndescription = "y"\n[[probe]]\nname = "a"\nsymbl = "b"\n')
+    one_line_error(run("record", "--probes", str(bad)), "unknown key 'symbl'", "symbol")
+
+
+def test_probe_with_missing_symbol_and_no_fallback(tmp_path: Path, guest_assets: object) -> None:
+    text = (Path(__file__).parents[2] / "configs/probes/linux-6.1.toml").read_text()
+    bad = tmp_path / "p.toml"
+    bad.write_text(text.replace('symbol = "handle_exit"', 'symbol = "handle_exit_gone"', 1))
+    one_line_error(run("record", "--probes", str(bad)), "handle_exit_gone is absent", "fallback")
+
+
+def test_export_of_non_recording(tmp_path: Path) -> None:
+    one_line_error(run("export", str(tmp_path)), "meta.json")
+
+
+def test_query_without_binary(good_trace: Path) -> None:
+    env_free = run("query", str(good_trace), "select 1")
+    one_line_error(env_free, "trace_processor_shell")
