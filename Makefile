@@ -31,5 +31,9 @@ integration:
 e2e:
 	$(VENV)/pytest -m e2e tests
 
+## Tracing overhead and export throughput (prints a table; docs/performance.md keeps it).
+bench: setup
+	$(VENV)/tracekit bench
+
 clean:
 	rm -rf .venv build .pytest_cache .mypy_cache .ruff_cache

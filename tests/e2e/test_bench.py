@@ -1,0 +1,53 @@
+"""`tracekit bench` runs and reports sane numbers (a benchmark, not a timed test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+KEYS = (
+    "host_ms_per_event",
+    "events_per_interrupt",
+    "host_ms_per_stop",
+    "mi_roundtrip_ms",
+    "guest_dilation",
+    "export_events_per_s",
+    "export_ratio_vs_raw",
+    "export_peak_rss_mb",
+    "ready_s",
+)
+
+
+def test_bench_reports_every_figure(guest_assets: object) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tracekit",
+            "bench",
+            "--scenario",
+            "ipi",
+            "--count",
+            "5",
+            "--export-events",
+            "20000",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(out.stdout)
+    for key in KEYS:
+        assert isinstance(data[key], int | float) and data[key] > 0, key
+    assert data["events_per_interrupt"] > 5
+    assert 0.1 < data["guest_dilation"] < 100
+    assert data["export_ratio_vs_raw"] >= 1
+    assert set(data["targets"]) <= set(KEYS)
