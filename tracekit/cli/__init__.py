@@ -44,6 +44,10 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
         format="%(message)s",
         handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=debug)],
     )
+    # Libraries' own logs (qemu.qmp reports a closed socket as ERROR) are translated into
+    # tracekit's one-line errors; show them only when debugging.
+    for name in ("qemu.qmp", "asyncio", "pygdbmi"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.CRITICAL)
 
 
 def _register() -> None:
@@ -56,6 +60,7 @@ def _register() -> None:
     cli.add_command(trace.export)
     cli.add_command(trace.open_trace)
     cli.add_command(trace.query)
+    cli.add_command(trace.diff)
     cli.add_command(bench.bench)
 
 

@@ -144,10 +144,6 @@ def record(
         click.echo(json.dumps(summary, indent=1))
     else:
         Console().print(render_summary(summary))
-        err_console.print(
-            f"trace: {out}  (raw events: {result.raw_dir}/events.jsonl; "
-            f"open with `tracekit open {out}`)"
-        )
     del report
     if result.ended_by == "interrupted":
         raise Interrupted(f"recording interrupted; the partial trace is {out}")
@@ -155,6 +151,11 @@ def record(
         raise VMError(
             f"recording incomplete: {result.incomplete_reason}; the partial trace is {out}"
         )
+    err_console.print(
+        f"trace: {out}  (raw events: {result.raw_dir}/events.jsonl; "
+        f"open with `tracekit open {out}`)",
+        soft_wrap=True,
+    )
     mismatched = [
         c
         for c, v in summary["classes"].items()

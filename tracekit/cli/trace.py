@@ -12,7 +12,7 @@ from rich.console import Console
 
 from tracekit.errors import EnvironmentProblem, TraceFileError
 
-__all__ = ["export", "open_trace", "query", "summary"]
+__all__ = ["diff", "export", "open_trace", "query", "summary"]
 
 
 @click.command()
@@ -133,4 +133,51 @@ def query(trace: Path, sql: str, bin_path: str | None) -> int:
         rows = list(tp.query(sql))
     for row in rows:
         click.echo(json.dumps(row.__dict__, default=str))
+    return 0
+
+
+@click.command()
+@click.argument("trace_a", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("trace_b", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def diff(trace_a: Path, trace_b: Path, as_json: bool) -> int:
+    """Compare two traces per class and phase (e.g. VHE against nVHE)."""
+    from rich.table import Table
+
+    from tracekit.export.reader import read_trace
+    from tracekit.model.diff import diff_summaries
+    from tracekit.model.summary import summarize
+
+    d = diff_summaries(summarize(read_trace(trace_a)), summarize(read_trace(trace_b)))
+    if as_json:
+        click.echo(json.dumps(d, indent=1))
+        return 0
+    a_mode, b_mode = d["a"]["kvm_mode"], d["b"]["kvm_mode"]
+    table = Table(title=f"A = {trace_a.name} ({a_mode})   B = {trace_b.name} ({b_mode})")
+    for col in (
+        "class",
+        "phase",
+        "A count",
+        "B count",
+        "A p50",
+        "B p50",
+        "p50 change",
+        "A p95",
+        "B p95",
+    ):
+        table.add_column(col, justify="left" if col in ("class", "phase") else "right")
+    for r in d["phases"]:
+        ch = r["p50_change_pct"]
+        table.add_row(
+            r["class"],
+            r["phase"],
+            str(r["a_count"]),
+            str(r["b_count"]),
+            f"{r['a_p50_ns']} ns",
+            f"{r['b_p50_ns']} ns",
+            "" if ch is None else f"{ch:+.1f}%",
+            f"{r['a_p95_ns']} ns",
+            f"{r['b_p95_ns']} ns",
+        )
+    Console().print(table)
     return 0

@@ -18,6 +18,7 @@ __all__ = ["ResolvedProbe", "ResolvedProbeSet", "resolve_probes"]
 
 ERET = 0xD69F03E0
 NOP = 0xD503201F
+HVC0 = 0xD4000002
 #: First instructions a ``stop`` probe may resume past without executing them. With
 #: CONFIG_DYNAMIC_FTRACE_WITH_REGS every traceable function starts with two NOPs, and
 #: ftrace_init_nop() turns the first into ``mov x9, x30`` at boot (arch/arm64/kernel/
@@ -43,6 +44,8 @@ class ResolvedProbe:
     #: A ``stop`` probe on a function's patchable ftrace entry: the debugger resumes at
     #: the next instruction instead of stepping over the breakpoint (see SKIPPABLE).
     skip_entry: bool = False
+    #: Added to the address at run time (nVHE hyp code: EL2 VA minus kernel VA).
+    hyp_delta: int = 0
 
     @property
     def name(self) -> str:
@@ -51,7 +54,12 @@ class ResolvedProbe:
     @property
     def stamp_address(self) -> int:
         """Where the timebase plugin stamps this probe (the executed instruction)."""
-        return self.address + 4 if self.skip_entry else self.address
+        return self.runtime_address + 4 if self.skip_entry else self.runtime_address
+
+    @property
+    def runtime_address(self) -> int:
+        """The address the CPU executes (hyp probes: once ``hyp_delta`` is known)."""
+        return self.address + self.hyp_delta
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,8 @@ def _interior(spec: ProbeSpec, start: int, image: bytes, symbols: SymbolTable) -
         insn = instruction_at(image, symbols, addr)
         if spec.instruction == "eret" and insn == ERET:
             return addr
+        if spec.instruction == "after-hvc" and insn == HVC0:
+            return addr + 4
         if target is not None and insn & 0xFC000000 == 0x94000000:  # BL imm26
             imm = insn & 0x03FFFFFF
             delta = (imm - (1 << 26) if imm & (1 << 25) else imm) * 4
@@ -132,13 +142,19 @@ def _resolve_one(
 
 
 def resolve_probes(
-    pset: ProbeSet, symbols: SymbolTable, image: bytes, offset_of: Callable[[str], int]
+    pset: ProbeSet,
+    symbols: SymbolTable,
+    image: bytes,
+    offset_of: Callable[[str], int],
+    kvm_mode: str = "vhe",
 ) -> ResolvedProbeSet:
     """Resolve every probe; raise SymbolError for a required probe or an uncovered phase."""
     resolved: list[ResolvedProbe] = []
     skipped: list[tuple[str, str]] = []
     fallbacks: list[tuple[str, str]] = []
     for spec in pset.probes:
+        if kvm_mode not in spec.kvm_modes:
+            continue
         try:
             probe, fallback = _resolve_one(spec, symbols, image, offset_of)
         except SymbolError as exc:

@@ -41,6 +41,10 @@ class ProbeSpec:
     capture: dict[str, str] = field(default_factory=dict)
     #: A required probe that cannot be resolved is an error.
     required: bool = False
+    #: KVM modes the probe applies to (its code runs only in those).
+    kvm_modes: tuple[str, ...] = ("vhe", "nvhe")
+    #: nVHE hyp code: runs at an EL2 virtual address, translated at run time.
+    hyp: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,11 +121,17 @@ def load_probe_set(name_or_path: str = "linux-6.1", config_dir: Path | None = No
     if dupes:
         raise ConfigError(f"{path}: probe names must be unique, repeated: {', '.join(dupes)}")
     for p in probes:
-        if p.instruction not in ("", "eret"):
+        if p.instruction not in ("", "eret", "after-hvc"):
             raise ConfigError(
                 f"{path}: probe {p.name}: instruction {p.instruction!r} unknown",
-                hint='only "eret" is supported',
+                hint='use "eret" or "after-hvc"',
             )
+        for mode in p.kvm_modes:
+            if mode not in ("vhe", "nvhe"):
+                raise ConfigError(
+                    f"{path}: probe {p.name}: kvm mode {mode!r} unknown",
+                    hint='use "vhe" and/or "nvhe"',
+                )
         if p.mode == "timing" and p.capture:
             raise ConfigError(
                 f"{path}: probe {p.name} captures values but is mode 'timing'",

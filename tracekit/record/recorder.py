@@ -9,6 +9,7 @@ Ctrl-C) everything is shut down, and the raw files are merged into ``events.json
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -116,10 +117,46 @@ def _offset_resolver(assets: GuestAssets) -> Callable[[str], int]:
     return offset_of
 
 
-def resolve_for(assets: GuestAssets, probe_set: str) -> ResolvedProbeSet:
+def resolve_for(assets: GuestAssets, probe_set: str, kvm_mode: str = "vhe") -> ResolvedProbeSet:
     symbols = SymbolTable.from_json(Path(assets.symbols).read_text())
     image = assets.image_path.read_bytes()
-    return resolve_probes(load_probe_set(probe_set), symbols, image, _offset_resolver(assets))
+    return resolve_probes(
+        load_probe_set(probe_set), symbols, image, _offset_resolver(assets), kvm_mode
+    )
+
+
+def _probe_meta(probes: ResolvedProbeSet) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": p.name,
+            "address": p.stamp_address,
+            "break_address": p.runtime_address,
+            "skip_entry": p.skip_entry,
+            "hyp": p.spec.hyp,
+            "location": p.location,
+            "phase": p.spec.phase,
+            "role": p.spec.role,
+            "mode": p.spec.mode,
+        }
+        for p in probes.probes
+    ]
+
+
+def _world(el: int, hcr: int | None, kvm_mode: str) -> str:
+    """Which world a hit ran in: L1 host, L1 hyp (nVHE EL2), or the L2 guest.
+
+    VHE: the host kernel runs at EL2 (E2H); L2 runs at EL1/EL0. nVHE: the host kernel runs
+    at EL1 with stage 2 off (HCR_EL2.VM = 0), L2 at EL1/EL0 with HCR_EL2.VM = 1, and KVM's
+    hyp code at EL2. Guest and host can share virtual addresses, so the PC alone is not
+    enough.
+    """
+    if kvm_mode == "vhe":
+        return "l1-host" if el == 2 else "l2-guest" if el in (0, 1) else "unknown"
+    if el == 2:
+        return "l1-hyp"
+    if el in (0, 1) and hcr is not None:
+        return "l2-guest" if hcr & 1 else "l1-host"
+    return "unknown"
 
 
 class Recorder:
@@ -151,7 +188,8 @@ class Recorder:
     def _prepare(self) -> tuple[ResolvedProbeSet, Path]:
         self.stats.phase = "resolving probes"
         self.on_update(self.stats)
-        probes = resolve_for(self.assets, self.opts.probe_set)
+        probes = resolve_for(self.assets, self.opts.probe_set, self.opts.profile.kvm_mode)
+        self._symbols = SymbolTable.from_json(Path(self.assets.symbols).read_text())
         for name, why in probes.skipped:
             log.warning("probe %s skipped: %s", name, why)
         for name, used in probes.fallbacks_used:
@@ -216,7 +254,7 @@ class Recorder:
             mi.send(["-exec-continue"])
             return
         self.stats.stops += 1
-        exprs = [("cpsr", "$cpsr"), *probe.gdb_captures]
+        exprs = [("cpsr", "$cpsr"), ("hcr", "$HCR_EL2"), *probe.gdb_captures]
         hit: dict[str, Any] = {
             "seq": self._seq,
             "probe": probe.name,
@@ -254,9 +292,11 @@ class Recorder:
 
     def _finish_hit(self, hit: dict[str, Any]) -> None:
         cpsr = hit["values"].pop("cpsr", None)
+        hcr = hit["values"].pop("hcr", None)
         el = (cpsr >> 2) & 3 if isinstance(cpsr, int) else -1
         hit["el"] = el
-        hit["host"] = el == self.host_el
+        hit["world"] = _world(el, hcr, self.opts.profile.kvm_mode)
+        hit["host"] = hit["world"] == "l1-host"
         del hit["remaining"]
         if not hit["errors"]:
             del hit["errors"]
@@ -291,13 +331,15 @@ class Recorder:
 
     def _run(self) -> RecordResult:
         probes, plugin = self._prepare()
+        self._probes = probes
         req = self.opts.request
         runtime = RuntimeDir.create()
         spec = LaunchSpec(
             qemu=self.tools.qemu,
             kernel=self.assets.image_path,
             initrd=self.assets.initramfs_path,
-            kernel_args=scenario_kernel_args(req),
+            # nVHE: L1's init waits for "go" until the hyp probes are installed.
+            kernel_args=scenario_kernel_args(req, hold=self._needs_hyp(probes)),
             paused=True,
             qmp=True,
             gdb=True,
@@ -317,19 +359,7 @@ class Recorder:
             "qemu_argv": argv,
             "timebase": "instructions (icount shift=0): 1 insn = 1 ns",
             "icount": self.opts.profile.icount,
-            "probes": [
-                {
-                    "name": p.name,
-                    "address": p.stamp_address,
-                    "break_address": p.address,
-                    "skip_entry": p.skip_entry,
-                    "location": p.location,
-                    "phase": p.spec.phase,
-                    "role": p.spec.role,
-                    "mode": p.spec.mode,
-                }
-                for p in probes.probes
-            ],
+            "probes": _probe_meta(probes),
             "probes_skipped": [list(x) for x in probes.skipped],
             "host_el": self.host_el,
             "probe_set": self.opts.probe_set,
@@ -393,7 +423,8 @@ class Recorder:
         meta["wall_s"] = round(self.stats.elapsed, 3)
         meta["stops"] = self.stats.stops
         meta["discarded_non_host"] = self.stats.discarded
-        events, mstats = self._merge(probes)
+        meta["probes"] = _probe_meta(self._probes)
+        events, mstats = self._merge(self._probes)
         meta["merge"] = {
             "events": mstats.events,
             "gdb_hits": mstats.gdb_hits,
@@ -428,6 +459,71 @@ class Recorder:
         with (self.raw_dir / "events.jsonl").open("w") as out:
             write_events(events, out)
         return events, stats
+
+    @staticmethod
+    def _needs_hyp(probes: ResolvedProbeSet) -> bool:
+        return any(p.spec.hyp for p in probes.probes)
+
+    def _install_hyp_probes(self, mi: MiSession) -> None:
+        """Translate nVHE hyp probes to EL2 VAs and have the plugin stamp them.
+
+        While the host runs, VBAR_EL2 holds the EL2 address of
+        ``__kvm_nvhe___kvm_hyp_host_vector``; every ``__kvm_nvhe_*`` symbol moves by the
+        same delta (the hyp VA is the linear-map alias with a random tag chosen at every
+        boot, even with nokaslr: va_layout.c). The probe file is rewritten and QEMU's
+        translation cache flushed (a breakpoint insert does), which makes the plugin
+        re-read it before any hyp code is translated again.
+        """
+        self.stats.phase = "translating nVHE hyp probes (VBAR_EL2)"
+        self.on_update(self.stats)
+        mi.send(["-exec-interrupt"])
+        deadline = time.monotonic() + 30
+        stopped = False
+        while not stopped and time.monotonic() < deadline:
+            for rec in mi.records(timeout=0.2):
+                if rec.type == "notify" and rec.message == "stopped":
+                    payload = rec.payload if isinstance(rec.payload, dict) else {}
+                    if payload.get("reason") == "breakpoint-hit":
+                        self._on_stop(mi, payload)
+                        mi.send(["-exec-interrupt"])
+                    else:
+                        stopped = True
+                        break
+                elif rec.type == "result" and rec.token in self._inflight:
+                    self._on_result(rec)
+        if not stopped:
+            raise DebuggerError("GDB could not stop the VM to read VBAR_EL2")
+        vbar = int(
+            mi.command('-data-evaluate-expression "(unsigned long)$VBAR_EL2"').payload["value"]
+        )
+        vector = self._symbols.address("__kvm_nvhe___kvm_hyp_host_vector")
+        delta = vbar - vector
+        if vbar == 0 or (delta & 0x7FF) != 0:
+            raise VMError(
+                f"VBAR_EL2 {vbar:#x} is not the nVHE host vector "
+                f"(__kvm_nvhe___kvm_hyp_host_vector at {vector:#x})",
+                hint="is L1 really in nVHE mode? (kvm-arm.mode=nvhe)",
+            )
+        self._meta["hyp_va_delta"] = delta
+        self._meta["vbar_el2"] = vbar
+        self._probes = ResolvedProbeSet(
+            tuple(
+                dataclasses.replace(p, hyp_delta=delta) if p.spec.hyp else p
+                for p in self._probes.probes
+            ),
+            self._probes.skipped,
+            self._probes.fallbacks_used,
+        )
+        (self.raw_dir / "probes.txt").write_text(
+            "".join(f"{p.stamp_address:x}\n" for p in self._probes.probes)
+        )
+        flush_at = next(p.runtime_address for p in self._probes.probes if p.spec.hyp)
+        rec = mi.command(f"-break-insert *{flush_at:#x}")
+        number = (
+            rec.payload.get("bkpt", {}).get("number") if isinstance(rec.payload, dict) else None
+        )
+        mi.command(f"-break-delete {number}")
+        mi.send(["-exec-continue"])
 
     def _mi_roundtrip(self, mi: MiSession, n: int = 30) -> float:
         """A bare GDB/MI round trip to the stopped target: the floor of one stop (ms)."""
@@ -467,6 +563,19 @@ class Recorder:
                 lines.append(bt.stdout[-20000:])
         (self.raw_dir / "stall.txt").write_text("\n".join(lines) + "\n")
 
+    def _handle_record(self, mi: MiSession, rec: MiRecord) -> str | None:
+        """Handle one MI record; return GDB's message if it lost the target."""
+        if rec.type == "notify" and rec.message == "stopped":
+            self._on_stop(mi, rec.payload if isinstance(rec.payload, dict) else {})
+        elif rec.type == "result" and rec.token in self._inflight:
+            self._on_result(rec)
+        elif rec.type == "result" and rec.message == "error":
+            msg = str(rec.payload.get("msg", "")) if isinstance(rec.payload, dict) else ""
+            if "closed" in msg or "not being run" in msg or "No registers" in msg:
+                return msg
+            log.debug("GDB error: %s", msg)
+        return None
+
     def _loop(
         self, qemu: QemuProcess, mi: MiSession, monitor: Monitor
     ) -> tuple[GroundTruth | None, str]:
@@ -478,25 +587,27 @@ class Recorder:
         last_progress = time.monotonic()
         last_update = 0.0
         while True:
+            batch_start = time.monotonic()
             for rec in mi.records(timeout=0.05):
                 last_progress = time.monotonic()
-                if rec.type == "notify" and rec.message == "stopped":
-                    self._on_stop(mi, rec.payload if isinstance(rec.payload, dict) else {})
-                elif rec.type == "result" and rec.token in self._inflight:
-                    self._on_result(rec)
-                elif rec.type == "result" and rec.message == "error":
-                    msg = rec.payload.get("msg", "") if isinstance(rec.payload, dict) else ""
-                    if "closed" in msg or "not being run" in msg or "No registers" in msg:
-                        if truth is not None:
-                            return truth, "ground-truth"
-                        raise DebuggerError(f"GDB lost the target: {msg}")
-                    log.debug("GDB error: %s", msg)
+                lost = self._handle_record(mi, rec)
+                if lost is not None:
+                    if truth is not None:
+                        return truth, "ground-truth"
+                    raise DebuggerError(f"GDB lost the target: {lost}")
+                # A busy guest keeps GDB talking without pause: hand control back to the
+                # rest of the loop (console, Ctrl-C, deadlines) at least every 100 ms.
+                if last_progress - batch_start > 0.1:
+                    break
             for line in qemu.drain_lines():
                 last_progress = time.monotonic()
                 self.stats.console_tail = ([*self.stats.console_tail, line])[-8:]
                 if line.startswith(READY):
                     self._meta["l1_ready_s"] = round(self.stats.elapsed, 3)
                     check_ready(parse_ready(line), profile)
+                    if self._needs_hyp(self._probes):
+                        self._install_hyp_probes(mi)
+                        qemu.send_console("go\n")
                     self.stats.phase = f"running {self.opts.request.scenario.name} in L2"
                     run_deadline = time.monotonic() + (
                         self.opts.duration_s or self.opts.request.scenario.timeout_s * 10
@@ -519,9 +630,10 @@ class Recorder:
             if qemu.poll() is not None:
                 if truth is not None:
                     return truth, "ground-truth"
+                tail = qemu.stderr_tail()
                 raise VMError(
-                    f"QEMU exited (code {qemu.poll()}) before the ground truth: "
-                    f"{qemu.stderr_tail()}"
+                    f"QEMU exited (code {qemu.poll()}) before the ground truth"
+                    + (f": {tail}" if tail else "")
                 )
             if run_deadline is None and now > boot_deadline:
                 raise VMError(f"L1 did not boot within {profile.boot_timeout_s} s")
@@ -529,7 +641,9 @@ class Recorder:
                 return None, "duration" if self.opts.duration_s else "timeout"
             if done_deadline is not None and now > done_deadline:
                 return truth, "ground-truth"
-            if now - last_progress > self.opts.stall_timeout_s:
+            # Boot is quiet (the kernel runs with `quiet`) and bounded by boot_timeout_s;
+            # the stall watchdog covers the scenario.
+            if run_deadline is not None and now - last_progress > self.opts.stall_timeout_s:
                 self._diagnose_stall(monitor)
                 raise VMError(
                     f"no progress for {self.opts.stall_timeout_s:.0f} s (guest hang?)",

@@ -16,7 +16,10 @@
  *                             raise (gicv3_ich_lr_write, gicv3_icv_iar_read, ...) follows
  *   TKE <t>                   QEMU is exiting
  *
- * Arguments: probes=FILE (one hex PC per line).
+ * Arguments: probes=FILE (one hex PC per line). The file is read again whenever QEMU
+ * flushes its translation cache (a GDB breakpoint insert does), so probes whose address
+ * is only known at run time (nVHE hyp code at EL2 virtual addresses) can be added: write
+ * the file, then make QEMU flush.
  *
  * Debian packages no qemu-plugin.h, so the few declarations used are restated below
  * from QEMU's include/qemu/qemu-plugin.h (API version 1, as in QEMU 7.2).
@@ -56,6 +59,8 @@ const void *qemu_plugin_insn_data(const struct qemu_plugin_insn *insn);
 size_t qemu_plugin_insn_size(const struct qemu_plugin_insn *insn);
 uint64_t qemu_plugin_insn_vaddr(const struct qemu_plugin_insn *insn);
 void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id, qemu_plugin_udata_cb_t cb, void *userdata);
+typedef void (*qemu_plugin_simple_cb_t)(qemu_plugin_id_t id);
+void qemu_plugin_register_flush_cb(qemu_plugin_id_t id, qemu_plugin_simple_cb_t cb);
 void qemu_plugin_outs(const char *string);
 
 #define EXPORT __attribute__((visibility("default")))
@@ -154,8 +159,24 @@ static void on_qemu_exit(qemu_plugin_id_t id, void *udata)
     qemu_plugin_outs(buf);
 }
 
+static char *probes_path;
+
+static int load_probes(const char *path);
+
+/* Translations are gone: re-read the probe list before anything is translated again. */
+static void on_flush(qemu_plugin_id_t id)
+{
+    (void)id;
+    if (probes_path) {
+        load_probes(probes_path);
+    }
+}
+
 static int load_probes(const char *path)
 {
+    free(probes);
+    probes = NULL;
+    n_probes = 0;
     FILE *f = fopen(path, "r");
     if (!f) {
         fprintf(stderr, "tk_timebase: cannot open probes file %s\n", path);
@@ -195,11 +216,15 @@ EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int
         return -1;
     }
     for (int i = 0; i < argc; i++) {
-        if (strncmp(argv[i], "probes=", 7) == 0 && load_probes(argv[i] + 7) != 0) {
-            return -1;
+        if (strncmp(argv[i], "probes=", 7) == 0) {
+            probes_path = argv[i] + 7; /* argv stays valid for the plugin's lifetime */
+            if (load_probes(probes_path) != 0) {
+                return -1;
+            }
         }
     }
     qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
     qemu_plugin_register_atexit_cb(id, on_qemu_exit, NULL);
+    qemu_plugin_register_flush_cb(id, on_flush);
     return 0;
 }
