@@ -181,6 +181,7 @@ class Recorder:
         self._qemu_pid: int | None = None
         self._meta: dict[str, Any] = {}
         self._stop_requested = False
+        self._hyp_pending = False
         self.host_el = 2 if options.profile.kvm_mode == "vhe" else 1
 
     # -- set-up ------------------------------------------------------------------------
@@ -254,6 +255,8 @@ class Recorder:
             mi.send(["-exec-continue"])
             return
         self.stats.stops += 1
+        if self._hyp_pending:
+            self._install_hyp_probes(mi)
         exprs = [("cpsr", "$cpsr"), ("hcr", "$HCR_EL2"), *probe.gdb_captures]
         hit: dict[str, Any] = {
             "seq": self._seq,
@@ -332,14 +335,14 @@ class Recorder:
     def _run(self) -> RecordResult:
         probes, plugin = self._prepare()
         self._probes = probes
+        self._hyp_pending = self._needs_hyp(probes)
         req = self.opts.request
         runtime = RuntimeDir.create()
         spec = LaunchSpec(
             qemu=self.tools.qemu,
             kernel=self.assets.image_path,
             initrd=self.assets.initramfs_path,
-            # nVHE: L1's init waits for "go" until the hyp probes are installed.
-            kernel_args=scenario_kernel_args(req, hold=self._needs_hyp(probes)),
+            kernel_args=scenario_kernel_args(req),
             paused=True,
             qmp=True,
             gdb=True,
@@ -467,6 +470,9 @@ class Recorder:
     def _install_hyp_probes(self, mi: MiSession) -> None:
         """Translate nVHE hyp probes to EL2 VAs and have the plugin stamp them.
 
+        Called at the first breakpoint stop in the host, which comes after the VMM created
+        its VM (KVM installs its hyp vectors on every CPU then: kvm_arch_hardware_enable ->
+        cpu_hyp_reinit; before, VBAR_EL2 holds the hyp stub) and before any vCPU ran.
         While the host runs, VBAR_EL2 holds the EL2 address of
         ``__kvm_nvhe___kvm_hyp_host_vector``; every ``__kvm_nvhe_*`` symbol moves by the
         same delta (the hyp VA is the linear-map alias with a random tag chosen at every
@@ -474,31 +480,12 @@ class Recorder:
         translation cache flushed (a breakpoint insert does), which makes the plugin
         re-read it before any hyp code is translated again.
         """
-        self.stats.phase = "translating nVHE hyp probes (VBAR_EL2)"
-        self.on_update(self.stats)
-        mi.send(["-exec-interrupt"])
-        deadline = time.monotonic() + 30
-        stopped = False
-        while not stopped and time.monotonic() < deadline:
-            for rec in mi.records(timeout=0.2):
-                if rec.type == "notify" and rec.message == "stopped":
-                    payload = rec.payload if isinstance(rec.payload, dict) else {}
-                    if payload.get("reason") == "breakpoint-hit":
-                        self._on_stop(mi, payload)
-                        mi.send(["-exec-interrupt"])
-                    else:
-                        stopped = True
-                        break
-                elif rec.type == "result" and rec.token in self._inflight:
-                    self._on_result(rec)
-        if not stopped:
-            raise DebuggerError("GDB could not stop the VM to read VBAR_EL2")
         vbar = int(
             mi.command('-data-evaluate-expression "(unsigned long)$VBAR_EL2"').payload["value"]
         )
         vector = self._symbols.address("__kvm_nvhe___kvm_hyp_host_vector")
         delta = vbar - vector
-        if vbar == 0 or (delta & 0x7FF) != 0:
+        if vbar == 0 or (vbar & 0xFFF) != (vector & 0xFFF):
             raise VMError(
                 f"VBAR_EL2 {vbar:#x} is not the nVHE host vector "
                 f"(__kvm_nvhe___kvm_hyp_host_vector at {vector:#x})",
@@ -523,7 +510,7 @@ class Recorder:
             rec.payload.get("bkpt", {}).get("number") if isinstance(rec.payload, dict) else None
         )
         mi.command(f"-break-delete {number}")
-        mi.send(["-exec-continue"])
+        self._hyp_pending = False
 
     def _mi_roundtrip(self, mi: MiSession, n: int = 30) -> float:
         """A bare GDB/MI round trip to the stopped target: the floor of one stop (ms)."""
@@ -605,9 +592,6 @@ class Recorder:
                 if line.startswith(READY):
                     self._meta["l1_ready_s"] = round(self.stats.elapsed, 3)
                     check_ready(parse_ready(line), profile)
-                    if self._needs_hyp(self._probes):
-                        self._install_hyp_probes(mi)
-                        qemu.send_console("go\n")
                     self.stats.phase = f"running {self.opts.request.scenario.name} in L2"
                     run_deadline = time.monotonic() + (
                         self.opts.duration_s or self.opts.request.scenario.timeout_s * 10
