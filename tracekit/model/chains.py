@@ -361,9 +361,12 @@ class _Index:
             c: sorted(lst, key=lambda e: e.start or 0) for c, lst in by_cpu.items()
         }
         self.exit_starts = {c: [e.start or 0 for e in lst] for c, lst in self.exits_by_cpu.items()}
+        # Real exits only: an entry abandoned by __guest_enter's early return (no eret)
+        # also reaches handle_exit, but the vCPU never left a guest it never entered.
         self.handled = {
             v: sorted(
-                (e for e in lst if e.handle_exit_t is not None), key=lambda e: e.handle_exit_t or 0
+                (e for e in lst if e.handle_exit_t is not None and e.guest_exit_t is not None),
+                key=lambda e: e.handle_exit_t or 0,
             )
             for v, lst in exits_by_vcpu.items()
         }
