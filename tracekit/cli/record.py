@@ -26,7 +26,8 @@ def render_live(stats: LiveStats, show_console: bool) -> Group:
         f"{stats.phase}   ",
         f"{elapsed:6.1f} s   stops {stats.stops}"
         f" ({stats.stops / elapsed if elapsed else 0:.0f}/s)"
-        f"   discarded {stats.discarded}",
+        f"   discarded {stats.discarded}"
+        f"   phases (stops) {''.join(sorted(stats.phases_seen)) or '-'}",
     )
     table = Table(show_header=True, box=None, pad_edge=False)
     table.add_column("probe (GDB stops)")

@@ -182,6 +182,7 @@ class Recorder:
         self._meta: dict[str, Any] = {}
         self._stop_requested = False
         self._hyp_pending = False
+        self._phase_of: dict[str, str] = {}
         self.host_el = 2 if options.profile.kvm_mode == "vhe" else 1
 
     # -- set-up ------------------------------------------------------------------------
@@ -305,6 +306,9 @@ class Recorder:
             del hit["errors"]
         if hit["host"]:
             self.stats.hits[hit["probe"]] += 1
+            phase = self._phase_of.get(hit["probe"])
+            if phase:
+                self.stats.phases_seen.add(phase)
         else:
             self.stats.discarded += 1
         assert self._hits_file is not None
@@ -335,6 +339,7 @@ class Recorder:
     def _run(self) -> RecordResult:
         probes, plugin = self._prepare()
         self._probes = probes
+        self._phase_of = {p.name: p.spec.phase for p in probes.probes}
         self._hyp_pending = self._needs_hyp(probes)
         req = self.opts.request
         runtime = RuntimeDir.create()
