@@ -146,3 +146,64 @@ def test_guest_hang_is_detected(tmp_path: Path, guest_assets: object) -> None:
     rc, err, took = rec.finish(timeout=180)
     assert took < 120
     check_aftermath(rec, rc, err, "no progress")
+
+
+def test_l1_kernel_panic(tmp_path: Path, guest_assets: object) -> None:
+    # tracekit.fault=panic makes L1's init crash the kernel (sysrq c) while L2 runs.
+    rec = Recording(tmp_path, "--kernel-arg", "tracekit.fault=panic")
+    while rec.proc.poll() is None:  # watch the children (for the leftover checks)
+        rec.children()
+        time.sleep(0.1)
+    rc, err, _ = rec.finish(timeout=300)
+    data = check_aftermath(rec, rc, err, "panicked")
+    assert "Kernel panic" in data["incomplete_reason"]
+
+
+def test_ctrl_c_twice_stops_now(tmp_path: Path, guest_assets: object) -> None:
+    rec = Recording(tmp_path)
+    rec.wait_for_hits()
+    rec.proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    rec.proc.send_signal(signal.SIGINT)
+    rc, err, took = rec.finish()
+    assert rc == 130 and took < 30
+    check_aftermath(rec, rc, err, "interrupted")
+
+
+def test_three_recordings_at_once_do_not_interfere(tmp_path: Path, guest_assets: object) -> None:
+    procs = []
+    for i in range(3):
+        out = tmp_path / f"c{i}.pftrace"
+        procs.append(
+            (
+                out,
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tracekit",
+                        "record",
+                        "--scenario",
+                        "ipi",
+                        "--count",
+                        "10",
+                        "--json",
+                        "-o",
+                        str(out),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
+        )
+    runtimes = set()
+    for out, proc in procs:
+        stdout, stderr = proc.communicate(timeout=900)
+        assert proc.returncode == 0, stderr[-2000:]
+        summary = json.loads(stdout)
+        assert summary["classes"]["ipi"]["complete_chains"] == 10
+        meta = json.loads((out.with_suffix(".raw") / "meta.json").read_text())
+        sock = next(a for a in meta["qemu_argv"] if a.startswith("unix:") and "qmp" in a)
+        runtimes.add(Path(sock[5:].split(",")[0]).parent)
+    assert len(runtimes) == 3 and not any(r.exists() for r in runtimes)

@@ -92,6 +92,13 @@ def default_output(scenario: str) -> Path:
     show_default=True,
     help="Seconds without any progress before the guest counts as hung.",
 )
+@click.option(
+    "--kernel-arg",
+    "kernel_args",
+    multiple=True,
+    hidden=True,
+    help="Extra L1 kernel argument (e.g. tracekit.fault=panic, for tests).",
+)
 @click.option("--console", "show_console", is_flag=True, help="Show the L1 console tail.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def record(
@@ -104,6 +111,7 @@ def record(
     duration: float | None,
     probe_set: str,
     stall_timeout: float,
+    kernel_args: tuple[str, ...],
     show_console: bool,
     as_json: bool,
 ) -> int:
@@ -127,7 +135,13 @@ def record(
     if out.suffix != ".pftrace":
         raise TracekitError(f"output {out} should end in .pftrace", hint="e.g. -o trace.pftrace")
     opts = RecordOptions(
-        req, profile, out, duration_s=duration, probe_set=probe_set, stall_timeout_s=stall_timeout
+        req,
+        profile,
+        out,
+        duration_s=duration,
+        probe_set=probe_set,
+        stall_timeout_s=stall_timeout,
+        extra_kernel_args=kernel_args,
     )
     with Live(console=err_console, refresh_per_second=4, transient=True) as live:
         recorder = Recorder(

@@ -72,6 +72,8 @@ class RecordOptions:
     probe_set: str = "linux-6.1"
     #: Seconds without any progress (hits or console output) before it counts as a hang.
     stall_timeout_s: float = 60.0
+    #: Extra L1 kernel command-line arguments (fault injection in tests).
+    extra_kernel_args: tuple[str, ...] = ()
 
 
 @dataclass
@@ -181,6 +183,8 @@ class Recorder:
         self._qemu_pid: int | None = None
         self._meta: dict[str, Any] = {}
         self._stop_requested = False
+        self._cleaning = False
+        self._hurry = False
         self._hyp_pending = False
         self._phase_of: dict[str, str] = {}
         self.host_el = 2 if options.profile.kvm_mode == "vhe" else 1
@@ -317,7 +321,11 @@ class Recorder:
 
     def _on_sigint(self, signum: int, frame: object) -> None:
         """First Ctrl-C: finish cleanly (shut down, keep what was recorded); second: now."""
+        if self._cleaning:
+            self._hurry = True  # already shutting down: skip the graceful waits
+            return
         if self._stop_requested:
+            self._hurry = True
             raise KeyboardInterrupt
         self._stop_requested = True
         self.stats.phase = "Ctrl-C: stopping (press again to stop at once)"
@@ -347,7 +355,7 @@ class Recorder:
             qemu=self.tools.qemu,
             kernel=self.assets.image_path,
             initrd=self.assets.initramfs_path,
-            kernel_args=scenario_kernel_args(req),
+            kernel_args=(*scenario_kernel_args(req), *self.opts.extra_kernel_args),
             paused=True,
             qmp=True,
             gdb=True,
@@ -405,11 +413,15 @@ class Recorder:
             ended_by = "error"
             incomplete = str(exc)
         finally:
-            if monitor is not None:
+            # From here a Ctrl-C only hurries the shutdown: cleanup must always finish.
+            self._cleaning = True
+            if self._hurry:
+                qemu.stop(grace_s=0.2)
+            if monitor is not None and not self._hurry:
                 monitor.quit()
             if mi is not None:
                 mi.close()
-            qemu.stop()
+            qemu.stop(grace_s=0.2 if self._hurry else 5.0)
             if monitor is not None:
                 meta["qmp_events"] = dict(Counter(str(e.get("event")) for e in monitor.events()))
                 monitor.close()
