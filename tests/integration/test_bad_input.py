@@ -105,3 +105,33 @@ def test_export_of_non_recording(tmp_path: Path) -> None:
 def test_query_without_binary(good_trace: Path) -> None:
     env_free = run("query", str(good_trace), "select 1")
     one_line_error(env_free, "trace_processor_shell")
+
+
+def test_kernel_path_missing() -> None:
+    one_line_error(run("guest", "build", "--kernel", "/nonexistent/Image"), "does not exist")
+
+
+def test_kernel_not_an_arm64_image(tmp_path: Path) -> None:
+    bad = tmp_path / "vmlinuz"
+    bad.write_bytes(b"\x1f\x8b" + os.urandom(4096))
+    one_line_error(run("guest", "build", "--kernel", str(bad)), "not an arm64 Image")
+
+
+def test_kernel_image_without_kallsyms(tmp_path: Path) -> None:
+    header = Path(__file__).parents[1] / "data/kernel/image-header-6.1.0-56-cloud-arm64.bin"
+    fake = tmp_path / "Image"
+    fake.write_bytes(header.read_bytes() + bytes(1 << 20))
+    one_line_error(run("guest", "build", "--kernel", str(fake)), "kallsyms")
+
+
+def test_kernel_without_kvm_is_refused(tmp_path: Path, guest_assets, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The real Image and parser; KVM's symbols are asked under names it does not have."""
+    from tracekit.config import load_guest_config
+    from tracekit.errors import KernelImageError
+    from tracekit.guest import assets
+
+    monkeypatch.setattr(assets, "KVM_SYMBOLS", ("kvm_arch_vcpu_ioctl_run_missing",))
+    with pytest.raises(KernelImageError, match=r"has no KVM .*CONFIG_KVM=y"):
+        assets._build_kernel_from_file(
+            guest_assets.image_path, load_guest_config(), tmp_path, True, lambda _m: None
+        )

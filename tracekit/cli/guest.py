@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -21,7 +22,7 @@ def _progress(console: Console) -> Progress:
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
         console=console,
-        transient=False,
+        transient=True,
     )
 
 
@@ -32,7 +33,14 @@ def guest() -> None:
 
 @guest.command("build")
 @click.option("--force", is_flag=True, help="Rebuild everything, ignoring the cache.")
-def build(force: bool) -> int:
+@click.option(
+    "--kernel",
+    "kernel",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Use this arm64 Image (KVM built in, BTF) instead of Debian's.",
+)
+def build(force: bool, kernel: Path | None) -> int:
     """Download the L1 kernel and busybox, cross-compile the L2 VMM, pack the initramfs."""
     from tracekit.cli import err_console
     from tracekit.guest.assets import build_assets
@@ -42,9 +50,10 @@ def build(force: bool) -> int:
 
         def report(msg: str) -> None:
             progress.update(task, description=msg)
-            progress.console.log(msg)
 
-        assets = build_assets(load_guest_config(), load_tools(), force=force, report=report)
+        assets = build_assets(
+            load_guest_config(), load_tools(), force=force, report=report, kernel=kernel
+        )
         progress.update(task, description="guest assets ready")
     table = Table(title="guest assets")
     table.add_column("piece")

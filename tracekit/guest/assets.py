@@ -281,6 +281,64 @@ def _build_initramfs(
     return path
 
 
+#: A kernel tracekit can trace must have KVM built in (these are on the probed path).
+KVM_SYMBOLS = ("kvm_arch_vcpu_ioctl_run", "handle_exit", "kvm_vgic_flush_hwstate")
+
+
+def _build_kernel_from_file(
+    path: Path, guest: GuestConfig, cache: Path, force: bool, report: Report
+) -> dict[str, str | int]:
+    """A user-supplied arm64 ``Image`` instead of Debian's: the same checks and extraction."""
+    from tracekit.kernel import btf, kallsyms
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise KernelImageError(
+            f"kernel image {path} does not exist",
+            hint="pass the path of an uncompressed arm64 Image",
+        ) from None
+    except OSError as exc:
+        raise KernelImageError(f"cannot read kernel image {path}: {exc.strerror}") from None
+    kallsyms.read_image_header(data, source=str(path))
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    kdir = cache / "kernel" / f"custom_{digest}"
+    meta_path = kdir / "kernel.json"
+    if meta_path.exists() and not force:
+        report(f"kernel {path.name} ({digest}): cached")
+        cached: dict[str, str | int] = json.loads(meta_path.read_text())
+        return cached
+    report(f"extracting kallsyms from {path.name}")
+    symbols = kallsyms.symbols_from_image(data, source=str(path))
+    missing = [s for s in KVM_SYMBOLS if not symbols.has(s)]
+    if missing:
+        raise KernelImageError(
+            f"kernel image {path} has no KVM ({', '.join(missing)} missing)",
+            hint="build it with CONFIG_KVM=y (arm64 KVM is built in, not a module)",
+        )
+    report("reading struct layouts from BTF")
+    parsed = btf.Btf.parse(btf.find_btf_blob(data, source=str(path)))
+    layout = btf.extract_layout(parsed, guest.kernel.btf_members)
+    kdir.mkdir(parents=True, exist_ok=True)
+    image = kdir / "Image"
+    shutil.copyfile(path, image)
+    (kdir / "config").write_text("# supplied by the user; no config file\n")
+    (kdir / "symbols.json").write_text(symbols.to_json())
+    (kdir / "layout.json").write_text(json.dumps(layout, indent=1, sort_keys=True))
+    meta: dict[str, str | int] = {
+        "package": "custom",
+        "version": digest,
+        "release": f"custom-{path.name}",
+        "image": str(image),
+        "config": str(kdir / "config"),
+        "symbols": str(kdir / "symbols.json"),
+        "layout": str(kdir / "layout.json"),
+        "symbol_count": len(symbols),
+    }
+    meta_path.write_text(json.dumps(meta, indent=1))
+    return meta
+
+
 def build_assets(
     guest: GuestConfig,
     tools: ToolPaths,
@@ -288,24 +346,29 @@ def build_assets(
     force: bool = False,
     report: Report = lambda _msg: None,
     cache: Path | None = None,
+    kernel: Path | None = None,
 ) -> GuestAssets:
     """Make (or reuse) every guest asset and write the manifest."""
     cache = cache or cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     os.chmod(cache, 0o700)
-    kernel = _build_kernel(guest, tools, cache, force, report)
+    kmeta = (
+        _build_kernel_from_file(kernel, guest, cache, force, report)
+        if kernel is not None
+        else _build_kernel(guest, tools, cache, force, report)
+    )
     bb_version, busybox = _build_busybox(guest, tools, cache, force, report)
     _, vmm = _build_vmm(guest, tools, cache, force, report)
     initrd = _build_initramfs(guest, busybox, vmm, cache, force, report)
     assets = GuestAssets(
-        kernel_package=str(kernel["package"]),
-        kernel_version=str(kernel["version"]),
-        kernel_release=str(kernel["release"]),
-        image=str(kernel["image"]),
-        kernel_config=str(kernel["config"]),
-        symbols=str(kernel["symbols"]),
-        layout=str(kernel["layout"]),
-        symbol_count=int(kernel["symbol_count"]),
+        kernel_package=str(kmeta["package"]),
+        kernel_version=str(kmeta["version"]),
+        kernel_release=str(kmeta["release"]),
+        image=str(kmeta["image"]),
+        kernel_config=str(kmeta["config"]),
+        symbols=str(kmeta["symbols"]),
+        layout=str(kmeta["layout"]),
+        symbol_count=int(kmeta["symbol_count"]),
         busybox_version=bb_version,
         vmm=str(vmm),
         vmm_hash=_vmm_hash(guest),
