@@ -9,6 +9,7 @@ Ctrl-C) everything is shut down, and the raw files are merged into ``events.json
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -598,6 +599,11 @@ class Recorder:
                 if lost is not None:
                     if truth is not None:
                         return truth, "ground-truth"
+                    # GDB notices a dead QEMU first; name the real cause when it is that.
+                    with contextlib.suppress(VMError):
+                        qemu.wait(2.0)
+                    if qemu.poll() is not None:
+                        raise VMError(f"QEMU exited (code {qemu.poll()}) before the ground truth")
                     raise DebuggerError(f"GDB lost the target: {lost}")
                 # A busy guest keeps GDB talking without pause: hand control back to the
                 # rest of the loop (console, Ctrl-C, deadlines) at least every 100 ms.
