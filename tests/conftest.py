@@ -37,6 +37,21 @@ def guest_assets():  # type: ignore[no-untyped-def]
         pytest.fail(f"guest assets missing: {exc} (run `make setup`)", pytrace=False)
 
 
+def real_image_path() -> Path:
+    """The kernel Image to test on: ``$TRACEKIT_TEST_IMAGE``, else the one
+    ``tracekit guest build`` cached; without either the test fails (never skips)."""
+    value = os.environ.get("TRACEKIT_TEST_IMAGE")
+    if value:
+        return Path(value)
+    from tracekit.errors import EnvironmentProblem
+    from tracekit.guest.assets import load_assets
+
+    try:
+        return load_assets().image_path
+    except EnvironmentProblem as exc:
+        pytest.fail(f"no kernel Image to test: {exc}; or set TRACEKIT_TEST_IMAGE", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def tools():  # type: ignore[no-untyped-def]
     from tracekit.config import load_tools

@@ -7,12 +7,12 @@ The integration tests read the kernel Image named by ``TRACEKIT_TEST_IMAGE``, or
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import real_image_path
 from tracekit.errors import KernelImageError, SymbolError
 from tracekit.kernel.btf import (
     Btf,
@@ -454,23 +454,9 @@ def test_load_from_file_accepts_blob_or_image(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- real kernel
 
 
-def _real_image_path() -> Path:
-    value = os.environ.get("TRACEKIT_TEST_IMAGE")
-    if value:
-        return Path(value)
-    # Default: the kernel Image that `tracekit guest build` cached (make setup builds it).
-    from tracekit.errors import EnvironmentProblem
-    from tracekit.guest.assets import load_assets
-
-    try:
-        return load_assets().image_path
-    except EnvironmentProblem as exc:
-        pytest.fail(f"no kernel Image to test: {exc}; or set TRACEKIT_TEST_IMAGE", pytrace=False)
-
-
 @pytest.fixture(scope="module")
 def real_btf() -> Btf:
-    return load_btf_from_file(_real_image_path())
+    return load_btf_from_file(real_image_path())
 
 
 def _expected() -> dict[str, object]:
@@ -492,7 +478,7 @@ def test_real_image_btf_has_the_probed_types(real_btf: Btf) -> None:
 @pytest.mark.integration
 def test_real_image_layout_matches_known_build(real_btf: Btf) -> None:
     expected = _expected()
-    image = _real_image_path().read_bytes()
+    image = real_image_path().read_bytes()
     banner = expected["banner"]
     assert isinstance(banner, str)
     if banner.encode() not in image:

@@ -7,7 +7,6 @@ The integration tests read the kernel Image named by ``TRACEKIT_TEST_IMAGE``, or
 from __future__ import annotations
 
 import json
-import os
 import struct
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import real_image_path
 from tracekit.errors import EnvironmentProblem, KernelImageError, SymbolError
 from tracekit.kernel.kallsyms import (
     ImageHeader,
@@ -249,33 +249,19 @@ def test_extract_unreadable_file(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- real kernel
 
 
-def _real_image_path() -> Path:
-    value = os.environ.get("TRACEKIT_TEST_IMAGE")
-    if value:
-        return Path(value)
-    # Default: the kernel Image that `tracekit guest build` cached (make setup builds it).
-    from tracekit.errors import EnvironmentProblem
-    from tracekit.guest.assets import load_assets
-
-    try:
-        return load_assets().image_path
-    except EnvironmentProblem as exc:
-        pytest.fail(f"no kernel Image to test: {exc}; or set TRACEKIT_TEST_IMAGE", pytrace=False)
-
-
 @pytest.fixture(scope="module")
 def real_symbols() -> SymbolTable:
     import vmlinux_to_elf  # noqa: F401  (a declared dependency: fail, never skip)
 
     start = time.monotonic()
-    table = extract_symbols(_real_image_path())
+    table = extract_symbols(real_image_path())
     assert time.monotonic() - start < 120
     return table
 
 
 @pytest.mark.integration
 def test_real_image_symbols(real_symbols: SymbolTable) -> None:
-    image = _real_image_path().read_bytes()
+    image = real_image_path().read_bytes()
     assert len(real_symbols) > 20_000
     assert real_symbols.image_base is not None
     for name in ("handle_exit", "kvm_vgic_flush_hwstate", "vgic_queue_irq_unlock"):
@@ -289,7 +275,7 @@ def test_real_image_symbols(real_symbols: SymbolTable) -> None:
 @pytest.mark.integration
 def test_real_image_matches_known_build(real_symbols: SymbolTable) -> None:
     expected = json.loads((DATA / "debian-6.1.0-56-cloud-arm64.json").read_text())
-    image = _real_image_path().read_bytes()
+    image = real_image_path().read_bytes()
     if expected["banner"].encode() not in image:
         pytest.skip(f"exact addresses are only known for the build {expected['banner']!r}")
     assert len(real_symbols) == expected["symbol_count"]

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tracekit.cli.options import scenario_options
 from tracekit.config import load_guest_config, load_machine, load_scenarios, load_tools
 from tracekit.model.ground_truth import CLASSES, GroundTruth
 
@@ -100,20 +101,7 @@ def render_ground_truth(truth: GroundTruth) -> Table:
 
 
 @guest.command("run")
-@click.option(
-    "--scenario",
-    "scenario_name",
-    default=None,
-    help="Scenario from configs/scenarios.toml (default: the file's default).",
-)
-@click.option("--count", type=int, default=None, help="Interrupts per source.")
-@click.option("--vcpus", type=int, default=2, show_default=True, help="L2 vCPUs.")
-@click.option(
-    "--machine",
-    default="vhe",
-    show_default=True,
-    help="Machine profile from configs/machines/ (or a .toml path).",
-)
+@scenario_options
 @click.option("--json", "as_json", is_flag=True, help="Print the ground truth as JSON.")
 def run(
     scenario_name: str | None, count: int | None, vcpus: int, machine: str, as_json: bool

@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from tracekit.cli.options import scenario_options
 from tracekit.config import load_guest_config, load_machine, load_scenarios, load_tools
 from tracekit.errors import GroundTruthError, Interrupted, TracekitError, VMError
 from tracekit.record.recorder import LiveStats
@@ -45,20 +46,7 @@ def default_output(scenario: str) -> Path:
 
 
 @click.command()
-@click.option(
-    "--scenario",
-    "scenario_name",
-    default=None,
-    help="Scenario from configs/scenarios.toml (default: the file's default).",
-)
-@click.option("--count", type=int, default=None, help="Interrupts per source.")
-@click.option("--vcpus", type=int, default=2, show_default=True, help="L2 vCPUs.")
-@click.option(
-    "--machine",
-    default="vhe",
-    show_default=True,
-    help="Machine profile in configs/machines/ (or a .toml path).",
-)
+@scenario_options
 @click.option(
     "--kvm-mode",
     type=click.Choice(["vhe", "nvhe"]),

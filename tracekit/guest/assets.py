@@ -147,7 +147,7 @@ def _validate_config(config_text: str, path: Path) -> None:
 def _build_kernel(
     guest: GuestConfig, tools: ToolPaths, cache: Path, force: bool, report: Report
 ) -> dict[str, str | int]:
-    from tracekit.kernel import btf, kallsyms
+    from tracekit.kernel import kallsyms
 
     report(f"resolving {guest.kernel.package}:{guest.kernel.architecture}")
     ref = debian.resolve(guest.kernel.package, guest.kernel.architecture, follow_metapackage=True)
@@ -171,21 +171,61 @@ def _build_kernel(
     data = vmlinuz.read_bytes()
     kallsyms.read_image_header(data)  # raises KernelImageError if not an arm64 Image
     _validate_config(config.read_text(), config)
-    image = kdir / "Image"
-    shutil.copyfile(vmlinuz, image)
-    shutil.copyfile(config, kdir / "config")
-    report("extracting kallsyms (vmlinux-to-elf)")
-    symbols = kallsyms.extract_symbols(image)
-    (kdir / "symbols.json").write_text(symbols.to_json())
-    report("reading struct layouts from BTF")
-    parsed = btf.Btf.parse(btf.find_btf_blob(data))
-    layout = btf.extract_layout(parsed, guest.kernel.btf_members)
-    (kdir / "layout.json").write_text(json.dumps(layout, indent=1, sort_keys=True))
+    meta = _store_kernel(
+        kdir,
+        data,
+        config.read_text(),
+        guest,
+        report,
+        source=str(vmlinuz),
+        package=ref.name,
+        version=ref.version,
+        release=release,
+    )
     shutil.rmtree(root)
     shutil.rmtree(kdir / "deb")
-    meta = {
-        "package": ref.name,
-        "version": ref.version,
+    return meta
+
+
+#: A kernel tracekit can trace must have KVM built in (these are on the probed path).
+KVM_SYMBOLS = ("kvm_arch_vcpu_ioctl_run", "handle_exit", "kvm_vgic_flush_hwstate")
+
+
+def _store_kernel(
+    kdir: Path,
+    data: bytes,
+    config_text: str,
+    guest: GuestConfig,
+    report: Report,
+    *,
+    source: str,
+    package: str,
+    version: str,
+    release: str,
+) -> dict[str, str | int]:
+    """Check an arm64 Image for KVM, extract its symbols and BTF layout, cache them."""
+    from tracekit.kernel import btf, kallsyms
+
+    report("extracting kallsyms (vmlinux-to-elf)")
+    symbols = kallsyms.symbols_from_image(data, source=source)
+    missing = [s for s in KVM_SYMBOLS if not symbols.has(s)]
+    if missing:
+        raise KernelImageError(
+            f"kernel image {source} has no KVM ({', '.join(missing)} missing)",
+            hint="build it with CONFIG_KVM=y (arm64 KVM is built in, not a module)",
+        )
+    report("reading struct layouts from BTF")
+    parsed = btf.Btf.parse(btf.find_btf_blob(data, source=source))
+    layout = btf.extract_layout(parsed, guest.kernel.btf_members)
+    kdir.mkdir(parents=True, exist_ok=True)
+    image = kdir / "Image"
+    image.write_bytes(data)
+    (kdir / "config").write_text(config_text)
+    (kdir / "symbols.json").write_text(symbols.to_json())
+    (kdir / "layout.json").write_text(json.dumps(layout, indent=1, sort_keys=True))
+    meta: dict[str, str | int] = {
+        "package": package,
+        "version": version,
         "release": release,
         "image": str(image),
         "config": str(kdir / "config"),
@@ -193,7 +233,7 @@ def _build_kernel(
         "layout": str(kdir / "layout.json"),
         "symbol_count": len(symbols),
     }
-    meta_path.write_text(json.dumps(meta, indent=1))
+    (kdir / "kernel.json").write_text(json.dumps(meta, indent=1))
     return meta
 
 
@@ -281,15 +321,11 @@ def _build_initramfs(
     return path
 
 
-#: A kernel tracekit can trace must have KVM built in (these are on the probed path).
-KVM_SYMBOLS = ("kvm_arch_vcpu_ioctl_run", "handle_exit", "kvm_vgic_flush_hwstate")
-
-
 def _build_kernel_from_file(
     path: Path, guest: GuestConfig, cache: Path, force: bool, report: Report
 ) -> dict[str, str | int]:
     """A user-supplied arm64 ``Image`` instead of Debian's: the same checks and extraction."""
-    from tracekit.kernel import btf, kallsyms
+    from tracekit.kernel import kallsyms
 
     try:
         data = path.read_bytes()
@@ -308,35 +344,17 @@ def _build_kernel_from_file(
         report(f"kernel {path.name} ({digest}): cached")
         cached: dict[str, str | int] = json.loads(meta_path.read_text())
         return cached
-    report(f"extracting kallsyms from {path.name}")
-    symbols = kallsyms.symbols_from_image(data, source=str(path))
-    missing = [s for s in KVM_SYMBOLS if not symbols.has(s)]
-    if missing:
-        raise KernelImageError(
-            f"kernel image {path} has no KVM ({', '.join(missing)} missing)",
-            hint="build it with CONFIG_KVM=y (arm64 KVM is built in, not a module)",
-        )
-    report("reading struct layouts from BTF")
-    parsed = btf.Btf.parse(btf.find_btf_blob(data, source=str(path)))
-    layout = btf.extract_layout(parsed, guest.kernel.btf_members)
-    kdir.mkdir(parents=True, exist_ok=True)
-    image = kdir / "Image"
-    shutil.copyfile(path, image)
-    (kdir / "config").write_text("# supplied by the user; no config file\n")
-    (kdir / "symbols.json").write_text(symbols.to_json())
-    (kdir / "layout.json").write_text(json.dumps(layout, indent=1, sort_keys=True))
-    meta: dict[str, str | int] = {
-        "package": "custom",
-        "version": digest,
-        "release": f"custom-{path.name}",
-        "image": str(image),
-        "config": str(kdir / "config"),
-        "symbols": str(kdir / "symbols.json"),
-        "layout": str(kdir / "layout.json"),
-        "symbol_count": len(symbols),
-    }
-    meta_path.write_text(json.dumps(meta, indent=1))
-    return meta
+    return _store_kernel(
+        kdir,
+        data,
+        "# supplied by the user; no config file\n",
+        guest,
+        report,
+        source=str(path),
+        package="custom",
+        version=digest,
+        release=f"custom-{path.name}",
+    )
 
 
 def build_assets(

@@ -35,11 +35,12 @@ from tracekit.guest.runner import (
 )
 from tracekit.kernel.btf import load_btf_from_file
 from tracekit.kernel.kallsyms import SymbolTable
-from tracekit.model.events import RawEvent, write_events
+from tracekit.model.events import RawEvent
 from tracekit.model.ground_truth import GROUND_TRUTH_PREFIX, GroundTruth, parse_ground_truth_line
 from tracekit.probes.resolve import ResolvedProbe, ResolvedProbeSet, resolve_probes
 from tracekit.probes.spec import load_probe_set
-from tracekit.record.merge import GdbHit, MergeStats, ProbeInfo, merge
+from tracekit.record.merge import MergeStats
+from tracekit.record.pipeline import remerge
 from tracekit.vm.argv import LaunchSpec, build_argv
 from tracekit.vm.plugin import ensure_plugin
 from tracekit.vm.qemu import QemuProcess
@@ -120,12 +121,15 @@ def _offset_resolver(assets: GuestAssets) -> Callable[[str], int]:
     return offset_of
 
 
-def resolve_for(assets: GuestAssets, probe_set: str, kvm_mode: str = "vhe") -> ResolvedProbeSet:
+def resolve_for(
+    assets: GuestAssets, probe_set: str, kvm_mode: str = "vhe"
+) -> tuple[ResolvedProbeSet, SymbolTable]:
     symbols = SymbolTable.from_json(Path(assets.symbols).read_text())
     image = assets.image_path.read_bytes()
-    return resolve_probes(
+    resolved = resolve_probes(
         load_probe_set(probe_set), symbols, image, _offset_resolver(assets), kvm_mode
     )
+    return resolved, symbols
 
 
 def _probe_meta(probes: ResolvedProbeSet) -> list[dict[str, Any]]:
@@ -195,8 +199,9 @@ class Recorder:
     def _prepare(self) -> tuple[ResolvedProbeSet, Path]:
         self.stats.phase = "resolving probes"
         self.on_update(self.stats)
-        probes = resolve_for(self.assets, self.opts.probe_set, self.opts.profile.kvm_mode)
-        self._symbols = SymbolTable.from_json(Path(self.assets.symbols).read_text())
+        probes, self._symbols = resolve_for(
+            self.assets, self.opts.probe_set, self.opts.profile.kvm_mode
+        )
         for name, why in probes.skipped:
             log.warning("probe %s skipped: %s", name, why)
         for name, used in probes.fallbacks_used:
@@ -445,7 +450,7 @@ class Recorder:
         meta["stops"] = self.stats.stops
         meta["discarded_non_host"] = self.stats.discarded
         meta["probes"] = _probe_meta(self._probes)
-        events, mstats = self._merge(self._probes)
+        events, mstats = remerge(self.raw_dir, meta)
         meta["merge"] = {
             "events": mstats.events,
             "gdb_hits": mstats.gdb_hits,
@@ -461,25 +466,6 @@ class Recorder:
         return RecordResult(
             self.opts.output, self.raw_dir, events, truth, meta, mstats, ended_by, incomplete
         )
-
-    def _merge(self, probes: ResolvedProbeSet) -> tuple[list[RawEvent], MergeStats]:
-        hits_path = self.raw_dir / "hits.jsonl"
-        hits = (
-            [GdbHit.from_json(line) for line in hits_path.read_text().splitlines() if line.strip()]
-            if hits_path.exists()
-            else []
-        )
-        infos = [
-            ProbeInfo(p.name, p.stamp_address, p.spec.phase, p.spec.role, p.spec.mode)
-            for p in probes.probes
-        ]
-        stats = MergeStats()
-        log_path = self.raw_dir / "qemu.log"
-        with log_path.open(errors="replace") if log_path.exists() else open("/dev/null") as fh:
-            events = merge(hits, fh, infos, stats)
-        with (self.raw_dir / "events.jsonl").open("w") as out:
-            write_events(events, out)
-        return events, stats
 
     @staticmethod
     def _needs_hyp(probes: ResolvedProbeSet) -> bool:
