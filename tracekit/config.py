@@ -34,6 +34,7 @@ __all__ = [
     "load_scenarios",
     "load_toml",
     "load_tools",
+    "named_config",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -178,18 +179,28 @@ class MachineProfile:
     boot_timeout_s: int = 120
 
 
+def named_config(
+    kind_dir: str, name_or_path: str, what: str, config_dir: Path | None = None
+) -> Path:
+    """``configs/KIND_DIR/NAME.toml`` for a name, or the path itself for a ``.toml`` path;
+    an unknown name is a ConfigError listing the known ones."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        return path
+    base = (config_dir or CONFIG_DIR) / kind_dir
+    path = base / f"{name_or_path}.toml"
+    if not path.exists():
+        known = sorted(p.stem for p in base.glob("*.toml"))
+        raise ConfigError(
+            f"unknown {what} {name_or_path!r}",
+            hint=f"choose one of {', '.join(known)} or pass a .toml path",
+        )
+    return path
+
+
 def load_machine(name_or_path: str, config_dir: Path | None = None) -> MachineProfile:
     """Load ``configs/machines/NAME.toml`` (or a path to a TOML file)."""
-    base = config_dir or CONFIG_DIR
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = base / "machines" / f"{name_or_path}.toml"
-        if not path.exists():
-            known = sorted(p.stem for p in (base / "machines").glob("*.toml"))
-            raise ConfigError(
-                f"unknown machine profile {name_or_path!r}",
-                hint=f"choose one of {', '.join(known)} or pass a .toml path",
-            )
+    path = named_config("machines", name_or_path, "machine profile", config_dir)
     return from_mapping(MachineProfile, load_toml(path), str(path))
 
 

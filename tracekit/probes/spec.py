@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tracekit.config import CONFIG_DIR, from_mapping, load_toml
+from tracekit.config import from_mapping, load_toml, named_config
 from tracekit.errors import ConfigError
 
 __all__ = ["PHASES", "ExitDecoder", "ProbeSet", "ProbeSpec", "load_probe_set"]
@@ -102,16 +102,7 @@ class ProbeSet:
 
 
 def load_probe_set(name_or_path: str = "linux-6.1", config_dir: Path | None = None) -> ProbeSet:
-    base = config_dir or CONFIG_DIR
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = base / "probes" / f"{name_or_path}.toml"
-        if not path.exists():
-            known = sorted(p.stem for p in (base / "probes").glob("*.toml"))
-            raise ConfigError(
-                f"unknown probe set {name_or_path!r}",
-                hint=f"choose one of {', '.join(known)} or pass a .toml path",
-            )
+    path = named_config("probes", name_or_path, "probe set", config_dir)
     raw = from_mapping(_ProbeFile, load_toml(path), str(path))
     probes = tuple(
         from_mapping(ProbeSpec, body, f"{path}: probe[{i}]") for i, body in enumerate(raw.probe)
