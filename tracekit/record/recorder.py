@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from tracekit.config import MachineProfile, ToolPaths
 from tracekit.errors import DebuggerError, TracekitError, VMError
@@ -567,6 +567,18 @@ class Recorder:
             log.debug("GDB error: %s", msg)
         return None
 
+    def _raise_qemu_exited(self, qemu: QemuProcess) -> NoReturn:
+        """QEMU is gone before the ground truth: name the cause from its last output."""
+        for line in qemu.final_lines():
+            self.stats.console_tail = ([*self.stats.console_tail, line])[-8:]
+            if "Kernel panic" in line:
+                raise VMError(f"the L1 kernel panicked: {line.strip()[:120]}")
+        tail = qemu.stderr_tail()
+        raise VMError(
+            f"QEMU exited (code {qemu.poll()}) before the ground truth"
+            + (f": {tail}" if tail else "")
+        )
+
     def _loop(
         self, qemu: QemuProcess, mi: MiSession, monitor: Monitor
     ) -> tuple[GroundTruth | None, str]:
@@ -589,7 +601,7 @@ class Recorder:
                     with contextlib.suppress(VMError):
                         qemu.wait(2.0)
                     if qemu.poll() is not None:
-                        raise VMError(f"QEMU exited (code {qemu.poll()}) before the ground truth")
+                        self._raise_qemu_exited(qemu)
                     raise DebuggerError(f"GDB lost the target: {lost}")
                 # A busy guest keeps GDB talking without pause: hand control back to the
                 # rest of the loop (console, Ctrl-C, deadlines) at least every 100 ms.
@@ -623,11 +635,7 @@ class Recorder:
             if qemu.poll() is not None:
                 if truth is not None:
                     return truth, "ground-truth"
-                tail = qemu.stderr_tail()
-                raise VMError(
-                    f"QEMU exited (code {qemu.poll()}) before the ground truth"
-                    + (f": {tail}" if tail else "")
-                )
+                self._raise_qemu_exited(qemu)
             if run_deadline is None and now > boot_deadline:
                 raise VMError(f"L1 did not boot within {profile.boot_timeout_s} s")
             if run_deadline is not None and truth is None and now > run_deadline:

@@ -146,6 +146,17 @@ class QemuProcess:
         except BrokenPipeError:
             raise VMError("QEMU exited; the L1 console is closed") from None
 
+    def final_lines(self, timeout: float = 2.0) -> list[str]:
+        """After QEMU exited: every console line not drained yet, up to the end of output.
+
+        The console reader thread may still hold QEMU's last words (a panic message,
+        printed just before ``panic=-1`` + ``-no-reboot`` ends QEMU) when the exit is
+        noticed elsewhere first (GDB losing the target, ``poll()``).
+        """
+        if self._reader:
+            self._reader.join(timeout=timeout)
+        return self.drain_lines()
+
     def drain_lines(self) -> list[str]:
         """Console lines that arrived since the last call (never blocks)."""
         out: list[str] = []
