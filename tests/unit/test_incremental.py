@@ -1,0 +1,112 @@
+"""The streaming chain builder gives exactly the chains of the former batch reconstruction
+(kept as ``_reference_chains.py``) on the recorded fixture and on synthetic events."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit import _reference_chains as reference
+from tracekit.bench.synthetic import synthetic_events
+from tracekit.errors import TraceFileError
+from tracekit.model.chains import Chain, reconstruct
+from tracekit.model.events import RawEvent, read_events
+from tracekit.model.incremental import ChainBuilder
+from tracekit.probes.spec import load_probe_set
+
+pytestmark = pytest.mark.unit
+
+RAW = Path(__file__).parents[1] / "data" / "raw" / "mixed5"
+
+
+def _fixture() -> tuple[list[RawEvent], dict[tuple[int, int], str]]:
+    with (RAW / "events.jsonl").open() as fh:
+        events = list(read_events(fh))
+    meta = json.loads((RAW / "meta.json").read_text())
+    classes = {(i["intid"], i["vcpu"]): i["class"] for i in meta["ground_truth"]["interrupts"]}
+    return events, classes
+
+
+def _key(c: Any) -> tuple[Any, ...]:
+    """Everything a chain says except its number (ids now count acknowledgements)."""
+    ex = c.exit
+    ent = c.entry
+    return (
+        c.cls,
+        c.intid,
+        c.vcpu,
+        c.source,
+        c.source_cpu,
+        tuple(sorted((p, s.start, s.end) for p, s in c.phases.items())),
+        (c.ack.t, c.ack.cpu, c.ack.vcpu, c.ack.intid),
+        None if ex is None else (ex.cpu, ex.vcpu, ex.start, ex.handle_exit_t, ex.d_end, ex.code),
+        None if ent is None else (ent.cpu, ent.vcpu, ent.flush_t, ent.enter_t, ent.eret_t),
+        c.lr,
+        c.hw,
+        c.sender_vcpu,
+        c.sgi1r,
+        c.exit_reason,
+        c.complete,
+    )
+
+
+def _same(events: list[RawEvent], classes: dict[tuple[int, int], str] | None) -> list[Chain]:
+    decoder = load_probe_set().decoder
+    old = reference.reconstruct(events, decoder, "vhe", classes)
+    new = reconstruct(events, decoder, "vhe", classes)
+    assert sorted(map(repr, map(_key, new.chains))) == sorted(map(repr, map(_key, old.chains)))
+    assert new.unmatched_acks == old.unmatched_acks
+    assert new.dropped_pending == 0
+    assert len(new.exits) == len(old.exits) and len(new.entries) == len(old.entries)
+    assert [(a.t, a.vcpu) for a in new.acks] == [(a.t, a.vcpu) for a in old.acks]
+    assert [c.id for c in new.chains] == list(range(len(new.chains)))
+    assert [c.ack.t for c in new.chains] == sorted(c.ack.t for c in new.chains)
+    return new.chains
+
+
+def test_fixture_chains_identical_to_batch() -> None:
+    events, classes = _fixture()
+    chains = _same(events, classes)
+    assert len(chains) == 35
+    _same(events, None)
+
+
+def test_fixture_variants_identical_to_batch() -> None:
+    """Perturbed streams exercise the waiting paths (missing erets, kicks, exits)."""
+    events, classes = _fixture()
+    for drop in ("eret", "kick", "flush", "guest_exit", "enter", "handle_exit", "vector_irq"):
+        _same([e for e in events if e.role != drop], classes)
+    _same(events[::2], None)
+    _same(events[1::3], None)
+
+
+def test_synthetic_chains_identical_to_batch() -> None:
+    chains = _same(list(synthetic_events(20_000)), None)
+    assert chains and all(c.complete for c in chains)
+
+
+def test_streaming_keeps_little_state() -> None:
+    builder = ChainBuilder(load_probe_set().decoder)
+    peak = 0
+    for i, ev in enumerate(synthetic_events(50_000)):
+        builder.feed(ev)
+        if i % 1000 == 0:
+            state = sum(map(len, builder._entries.values())) + sum(
+                map(len, builder._handled.values())
+            )
+            peak = max(peak, state + len(builder._waiting))
+            builder.chains.clear()
+            builder.closed_exits.clear()
+            builder.closed_entries.clear()
+    assert peak < 300
+
+
+def test_unsorted_input_is_refused() -> None:
+    events, _ = _fixture()
+    builder = ChainBuilder(load_probe_set().decoder)
+    builder.feed(events[10])
+    with pytest.raises(TraceFileError):
+        builder.feed(events[0])

@@ -1,0 +1,614 @@
+"""Streaming phase reconstruction: time-sorted raw events in, closed exits, entries and
+finished A–F chains out, keeping only what a later event can still change (pure).
+
+The rules are those of ``docs/phases.md`` (and give exactly the chains the former batch
+reconstruction gave, which ``tests/unit/test_incremental.py`` checks against a copy of it).
+What makes them streamable:
+
+* exits and entries are built per CPU as before; an exit or entry is *closed* once its
+  CPU has opened the next one (or the flush/eret that ends it): nothing changes it after.
+* an interrupt instance is anchored on the guest's acknowledgement. Per (INTID, vCPU) only
+  the first pending ``vgic_queue_irq_unlock`` since the previous acknowledgement is kept,
+  with its A-phase walk-back done on the spot (the source's calls are just before it on
+  its CPU, back to the previous run-loop boundary).
+* at the acknowledgement every *choice* of the chain is already fixed (its queue, the
+  entry whose list registers carry it, the delivering entry, the last real exit before
+  that entry), because each one lies before the acknowledgement. Some *values* may still
+  move: the end of A (the next ``kvm_vcpu_kick`` of that vCPU on the source CPU, which may
+  come later), an SGI sender's trapping exit (a hyp vector hit at or before the queue may
+  still become an exit), an exit or entry still open on another CPU. The chain waits
+  until those are final, then is emitted.
+
+Memory: the per-CPU probe history back to the last run-loop boundary, the entries and real
+exits of each vCPU back to the oldest pending queue of that vCPU, one pending queue per
+(INTID, vCPU), and the chains waiting as above. A pending queue that no acknowledgement
+claims within ``max_pending_ns`` of timeline is dropped (counted in ``dropped_pending``):
+an acknowledgement after that finds no source, its chain has no A phase and counts as
+unmatched, exactly as an acknowledgement without any queue. That bound keeps a recording
+with a lost acknowledgement from holding every later entry of that vCPU.
+
+Input must be sorted by time (the merge writes it so); a step back raises TraceFileError.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tracekit.errors import TraceFileError
+from tracekit.model.chains import (
+    LR_PENDING,
+    SOURCE_LABELS,
+    Ack,
+    Chain,
+    Entry,
+    Exit,
+    Span,
+    classify,
+)
+from tracekit.model.events import RawEvent
+from tracekit.probes.spec import ExitDecoder
+
+__all__ = ["DEFAULT_MAX_PENDING_NS", "ChainBuilder"]
+
+#: One second of L1 timeline: far beyond any interrupt latency a recording shows.
+DEFAULT_MAX_PENDING_NS = 1_000_000_000
+#: Roles that end a source's run of calls on its CPU (the A-phase walk-back stops there).
+_BOUNDARY = frozenset(("queue", "eret", "flush", "guest_exit", "handle_exit"))
+#: Prune a per-vCPU or per-CPU list only once it is this long (amortizes the pruning).
+_PRUNE_AT = 48
+
+
+def _pending(ev: RawEvent) -> bool:
+    latch = ev.values.get("pending_latch", 0)
+    level = ev.values.get("line_level", 0)
+    config = ev.values.get("config", 0)  # enum vgic_irq_config: 0 EDGE, 1 LEVEL
+    return bool(latch) or (config == 1 and bool(level))
+
+
+@dataclass
+class _Queued:
+    """A pending ``vgic_queue_irq_unlock`` and what its A phase needs."""
+
+    ev: RawEvent
+    vcpu: int
+    a_start: int
+    source_role: str
+    sender_vcpu: int | None
+    sgi1r: int | None
+    a_end: int | None = None
+    #: For an SGI: whether the sender's trapping exit is known yet, and its start.
+    trap_done: bool = True
+    trap_start: int | None = None
+
+
+@dataclass
+class _KeyState:
+    prev_ack_t: int = -1
+    queued: _Queued | None = None
+
+
+@dataclass
+class _Pending:
+    """An acknowledged chain whose choices are made but whose values may still move."""
+
+    chain_id: int
+    intid: int
+    vcpu: int
+    ack: Ack
+    q: _Queued | None
+    entry: Entry | None
+    lr: int | None
+    delivering: Entry | None
+    exit: Exit | None
+
+
+class ChainBuilder:
+    """Feed events in time order; collect closed exits/entries and finished chains."""
+
+    def __init__(
+        self,
+        decoder: ExitDecoder,
+        kvm_mode: str = "vhe",
+        classes: Mapping[tuple[int, int], str] | None = None,
+        *,
+        max_pending_ns: int = DEFAULT_MAX_PENDING_NS,
+        keep_all: bool = False,
+    ) -> None:
+        self.decoder = decoder
+        self.kvm_mode = kvm_mode
+        self.classes = classes
+        self.max_pending_ns = max_pending_ns
+        #: Outputs since the last ``take()``: closed exits, closed entries, finished chains.
+        self.closed_exits: list[Exit] = []
+        self.closed_entries: list[Entry] = []
+        self.chains: list[Chain] = []
+        #: With ``keep_all`` every exit, entry and ack in creation order (batch use).
+        self.keep_all = keep_all
+        self.all_exits: list[Exit] = []
+        self.all_entries: list[Entry] = []
+        self.all_acks: list[Ack] = []
+        self.unmatched_acks = 0
+        self.dropped_pending = 0
+        #: vCPU running on each CPU (set by an entry's eret).
+        self.running: dict[int, int] = {}
+        self.now = -1
+        self._seq = 0
+        self._chain_ids = 0
+        self._pending_vector: dict[int, tuple[int, str]] = {}
+        self._open_exit: dict[int, Exit] = {}
+        self._open_entry: dict[int, Entry] = {}
+        self._hist: dict[int, list[RawEvent]] = {}
+        self._keys: dict[tuple[int, int], _KeyState] = {}
+        #: Per CPU, its exits as (start, creation seq, exit) in that order (SGI traps).
+        self._exits_by_start: dict[int, list[tuple[int, int, Exit]]] = {}
+        #: Per vCPU, real exits as (handle_exit_t, creation seq, exit) in that order.
+        self._handled: dict[int, list[tuple[int, int, Exit]]] = {}
+        self._entries: dict[int, list[Entry]] = {}
+        self._a_watch: dict[int, list[_Queued]] = {}
+        self._traps: list[_Queued] = []
+        self._waiting: list[_Pending] = []
+        self._dirty = False
+
+    # -- public ------------------------------------------------------------------------
+
+    def feed(self, ev: RawEvent) -> None:
+        t = ev.t
+        if t < self.now:
+            raise TraceFileError(
+                f"raw events are not in time order ({t} after {self.now})",
+                hint="the exporter needs the merged, time-sorted events.jsonl",
+            )
+        if t > self.now:
+            self.now = t
+            if self._traps:
+                self._resolve_traps(final=False)
+        if ev.source == "probe":
+            self._probe(ev)
+        self._segment(ev)
+        if self._waiting and self._dirty:
+            self._finish_ready(final=False)
+
+    def finish(self) -> None:
+        """End of stream: close what is open and emit every waiting chain."""
+        for q in (q for lst in self._a_watch.values() for q in lst):
+            q.a_end = q.ev.t
+        self._a_watch.clear()
+        self._pending_vector.clear()
+        self._resolve_traps(final=True)
+        for ex in sorted(self._open_exit.values(), key=lambda e: e.cpu):
+            self.closed_exits.append(ex)
+        self._open_exit.clear()
+        for ent in sorted(self._open_entry.values(), key=lambda e: e.cpu):
+            self.closed_entries.append(ent)
+        self._open_entry.clear()
+        self._finish_ready(final=True)
+
+    def low_water(self) -> int:
+        """No exit, entry or chain emitted later has a span starting before this time."""
+        lw = self.now
+        for vt, _ in self._pending_vector.values():
+            lw = min(lw, vt)
+        for ex in self._open_exit.values():
+            s = ex.start
+            if s is not None:
+                lw = min(lw, s)
+        for ent in self._open_entry.values():
+            lw = min(lw, ent.flush_t)
+        for lst in self._entries.values():
+            if lst:
+                lw = min(lw, lst[0].flush_t)
+        for hl in self._handled.values():
+            if hl:
+                s = hl[0][2].start
+                lw = min(lw, s if s is not None else hl[0][0])
+        for es in self._exits_by_start.values():
+            if es:
+                lw = min(lw, es[0][0])
+        for st in self._keys.values():
+            q = st.queued
+            if q is not None:
+                lw = min(lw, q.a_start, q.a_start if q.trap_start is None else q.trap_start)
+        for p in self._waiting:
+            lw = min(lw, p.ack.t)
+            if p.q is not None:
+                trap = p.q.trap_start
+                lw = min(lw, p.q.a_start, p.q.a_start if trap is None else trap)
+            if p.entry is not None:
+                lw = min(lw, p.entry.flush_t)
+            if p.exit is not None and p.exit.start is not None:
+                lw = min(lw, p.exit.start)
+        return lw
+
+    # -- per-CPU run loop (exits and entries) ------------------------------------------
+
+    def _new_exit(self, ex: Exit) -> None:
+        old = self._open_exit.get(ex.cpu)
+        if old is not None:
+            self._close_exit(old)
+        self._open_exit[ex.cpu] = ex
+        self._seq += 1
+        s = ex.start
+        if s is not None:
+            lst = self._exits_by_start.setdefault(ex.cpu, [])
+            item = (s, self._seq, ex)
+            if lst and lst[-1][:2] > item[:2]:
+                bisect.insort(lst, item, key=lambda i: i[:2])
+            else:
+                lst.append(item)
+            if len(lst) > _PRUNE_AT:
+                self._prune_exits_by_start(ex.cpu)
+        if self.keep_all:
+            self.all_exits.append(ex)
+
+    def _close_exit(self, ex: Exit) -> None:
+        self.closed_exits.append(ex)
+        self._dirty = True
+
+    def _close_entry(self, ent: Entry) -> None:
+        self.closed_entries.append(ent)
+        self._dirty = True
+
+    def _segment(self, ev: RawEvent) -> None:
+        cpu, role, t = ev.cpu, ev.role, ev.t
+        if role in {"vector_sync", "vector_irq"}:
+            self._pending_vector[cpu] = (t, "sync" if role == "vector_sync" else "irq")
+        elif role == "guest_exit":
+            vec = self._pending_vector.pop(cpu, None)
+            ex = Exit(cpu, self.running.get(cpu, -1), guest_exit_t=t)
+            if vec is not None:
+                ex.vector_t, ex.vector = vec
+            self._new_exit(ex)
+        elif role == "host_resume":
+            ex_open = self._open_exit.get(cpu)
+            if ex_open is None or ex_open.host_resume_t is not None:
+                # __guest_enter returned early (interrupt pending): no eret, no exception.
+                ex_open = Exit(cpu, self.running.get(cpu, -1), host_resume_t=t)
+                self._new_exit(ex_open)
+            ex_open.host_resume_t = t
+        elif role == "handle_exit":
+            ex_open = self._open_exit.get(cpu)
+            if ex_open is None or ex_open.handle_exit_t is not None:
+                ex_open = Exit(cpu, -1, handle_exit_t=t)
+                self._new_exit(ex_open)
+            ex_open.handle_exit_t = t
+            values = ev.values
+            ex_open.code = values.get("exit_code")
+            ex_open.esr = values.get("esr")
+            vcpu = values.get("vcpu")
+            if vcpu is not None:
+                ex_open.vcpu = vcpu
+            if ex_open.guest_exit_t is not None:
+                # A real exit; an early return of __guest_enter has no guest_exit.
+                hl = self._handled.setdefault(ex_open.vcpu, [])
+                self._seq += 1
+                hl.append((t, self._seq, ex_open))
+                if len(hl) > _PRUNE_AT:
+                    self._prune_vcpu(ex_open.vcpu)
+        elif role == "exit_handler":
+            ex_open = self._open_exit.get(cpu)
+            if (
+                ex_open is not None
+                and ex_open.handle_exit_t is not None
+                and not ex_open.handler_probe
+            ):
+                ex_open.handler_probe = ev.name
+        elif role == "flush":
+            ex_open = self._open_exit.pop(cpu, None)
+            if ex_open is not None:
+                ex_open.d_end = t
+                self._close_exit(ex_open)
+            vcpu = ev.values.get("vcpu")
+            ent = Entry(cpu, vcpu if vcpu is not None else -1, t)
+            old = self._open_entry.get(cpu)
+            if old is not None:
+                self._close_entry(old)
+            self._open_entry[cpu] = ent
+            lst = self._entries.setdefault(ent.vcpu, [])
+            lst.append(ent)
+            if len(lst) > _PRUNE_AT:
+                self._prune_vcpu(ent.vcpu)
+            if self.keep_all:
+                self.all_entries.append(ent)
+        elif role == "enter":
+            ent_open = self._open_entry.get(cpu)
+            if ent_open is not None and ent_open.enter_t is None:
+                ent_open.enter_t = t
+        elif role == "eret":
+            ent_open = self._open_entry.pop(cpu, None)
+            if ent_open is not None:
+                ent_open.eret_t = t
+                self.running[cpu] = ent_open.vcpu
+                self._close_entry(ent_open)
+        elif role == "lr_write":
+            ent_open = self._open_entry.get(cpu)
+            if ent_open is not None:
+                values = ev.values
+                ent_open.lr_writes.append(
+                    (
+                        t,
+                        values.get("lr", -1),
+                        values.get("vintid", -1),
+                        values.get("state", 0),
+                        values.get("hw", 0),
+                    )
+                )
+        elif role == "ack":
+            intid = ev.values.get("intid")
+            if intid is not None and intid < 1020:  # 1020..1023 are special/spurious
+                self._ack(Ack(t, cpu, self.running.get(cpu, -1), intid))
+
+    # -- sources (A) ---------------------------------------------------------------------
+
+    def _probe(self, ev: RawEvent) -> None:
+        cpu, role = ev.cpu, ev.role
+        hist = self._hist.get(cpu)
+        if hist is None:
+            hist = self._hist[cpu] = []
+        if role in {"queue", "kick"}:
+            watch = self._a_watch.get(cpu)
+            if watch:
+                self._watch_forward(watch, ev)
+            if role == "queue":
+                self._queue(ev, hist)
+        hist.append(ev)
+        if len(hist) > _PRUNE_AT:
+            # Keep from the last boundary strictly before the newest time: a later walk-back
+            # (which skips events at its own time) always stops there or later.
+            for i in range(len(hist) - 2, -1, -1):
+                if hist[i].role in _BOUNDARY and hist[i].t < ev.t:
+                    del hist[:i]
+                    break
+
+    def _watch_forward(self, watch: list[_Queued], ev: RawEvent) -> None:
+        """End of A: the first kick of the target vCPU after the queue, unless another
+        queue comes first on that CPU (then A ends at its queue)."""
+        if ev.role == "queue":
+            for q in watch:
+                q.a_end = q.ev.t
+            watch.clear()
+        else:
+            target = ev.values.get("vcpu")
+            keep = []
+            for q in watch:
+                if q.vcpu == target:
+                    q.a_end = ev.t
+                else:
+                    keep.append(q)
+            watch[:] = keep
+        self._dirty = True
+
+    def _queue(self, ev: RawEvent, hist: list[RawEvent]) -> None:
+        if not _pending(ev):
+            return
+        intid, vcpu = ev.values.get("intid"), ev.values.get("target_vcpu")
+        if intid is None or vcpu is None:
+            return
+        st = self._keys.get((intid, vcpu))
+        if st is None:
+            st = self._keys[(intid, vcpu)] = _KeyState()
+        if st.queued is not None and self.now - st.queued.ev.t > self.max_pending_ns:
+            st.queued = None
+            self.dropped_pending += 1
+        if st.queued is not None or ev.t <= st.prev_ack_t:
+            return
+        t = ev.t
+        a_start, source_role = t, ""
+        sender_vcpu = sgi1r = None
+        same: list[RawEvent] = []
+        for h in reversed(hist):
+            if h.t >= t:
+                same.append(h)
+                continue
+            role = h.role
+            if role in _BOUNDARY:
+                break
+            if role.startswith("source_") or role == "inject":
+                a_start = h.t
+                if role.startswith("source_") or not source_role:
+                    source_role = role
+                if role == "source_sgi":
+                    sender_vcpu, sgi1r = h.values.get("vcpu"), h.values.get("sgi1r")
+        q = _Queued(ev, vcpu, a_start, source_role, sender_vcpu, sgi1r)
+        if same:
+            # Events at the queue's own time before it: the forward walk starts after the
+            # first of them and reaches this queue (a stop) unless a kick comes first.
+            same.reverse()
+            q.a_end = t
+            for h in same[1:]:
+                if h.role == "queue":
+                    break
+                if h.role == "kick" and h.values.get("vcpu") == vcpu:
+                    q.a_end = h.t
+                    break
+        else:
+            self._a_watch.setdefault(ev.cpu, []).append(q)
+        if source_role == "source_sgi":
+            q.trap_done = False
+            self._traps.append(q)
+        st.queued = q
+
+    def _resolve_traps(self, *, final: bool) -> None:
+        """An SGI's A starts at the sender's trapping exit: the exit of its CPU with the
+        latest start at or before the queue. Known once time has passed the queue and no
+        hyp vector hit at or before it can still become an exit."""
+        keep = []
+        for q in self._traps:
+            qt, cpu = q.ev.t, q.ev.cpu
+            vec = self._pending_vector.get(cpu)
+            if not final and (self.now <= qt or (vec is not None and vec[0] <= qt)):
+                keep.append(q)
+                continue
+            lst = self._exits_by_start.get(cpu, [])
+            i = bisect.bisect_right(lst, qt, key=lambda item: item[0]) - 1
+            if i >= 0:
+                ex = lst[i][2]
+                if ex.d_end is None or ex.d_end >= qt:
+                    q.trap_start = ex.start
+            q.trap_done = True
+            self._dirty = True
+        self._traps = keep
+
+    # -- acknowledgements (chains) ------------------------------------------------------
+
+    def _ack(self, ack: Ack) -> None:
+        if self.keep_all:
+            self.all_acks.append(ack)
+        key = (ack.intid, ack.vcpu)
+        st = self._keys.get(key)
+        if st is None:
+            st = self._keys[key] = _KeyState()
+        q = st.queued
+        if q is not None and q.ev.t >= ack.t:
+            q = None
+        st.prev_ack_t = ack.t
+        st.queued = None
+        if q is None:
+            self.unmatched_acks += 1
+        intid, vcpu = ack.intid, ack.vcpu
+        after = q.ev.t if q is not None else ack.t
+        entries = self._entries.get(vcpu, [])
+        i = len(entries)
+        while i > 0 and entries[i - 1].flush_t >= after:
+            i -= 1
+        entry = lr = delivering = exit_ = None
+        for pos in range(max(0, i - 1), len(entries)):
+            ent = entries[pos]
+            if ent.flush_t > ack.t:
+                break
+            hit = next(
+                (
+                    w
+                    for w in ent.lr_writes
+                    if w[2] == intid and w[3] & LR_PENDING and after < w[0] < ack.t
+                ),
+                None,
+            )
+            if hit is not None:
+                entry, lr = ent, hit[1]
+                # The entry that really ran the guest (docs/phases.md, rule 3).
+                for e in entries[pos:]:
+                    if e.flush_t >= ack.t:
+                        break
+                    if e.enter_t is not None and e.eret_t is not None and e.eret_t < ack.t:
+                        delivering = e
+                        break
+                break
+        if entry is not None:
+            hl = self._handled.get(vcpu, [])
+            j = bisect.bisect_left(hl, entry.flush_t, key=lambda item: item[0]) - 1
+            exit_ = hl[j][2] if j >= 0 else None
+        self._waiting.append(
+            _Pending(self._chain_ids, intid, vcpu, ack, q, entry, lr, delivering, exit_)
+        )
+        self._chain_ids += 1
+        self._dirty = True
+
+    def _ready(self, p: _Pending) -> bool:
+        q = p.q
+        if q is not None and (q.a_end is None or not q.trap_done):
+            return False
+        if p.exit is not None and self._open_exit.get(p.exit.cpu) is p.exit:
+            return False
+        # Without a delivering entry, E ends at the entry's enter, which may still come.
+        return not (
+            p.delivering is None
+            and p.entry is not None
+            and self._open_entry.get(p.entry.cpu) is p.entry
+        )
+
+    def _finish_ready(self, *, final: bool) -> None:
+        self._dirty = False
+        keep = []
+        for p in self._waiting:
+            if final or self._ready(p):
+                self.chains.append(self._chain(p))
+            else:
+                keep.append(p)
+        self._waiting = keep
+
+    def _chain(self, p: _Pending) -> Chain:
+        phases: dict[str, Span] = {}
+        q = p.q
+        source_role = ""
+        source_cpu = sender_vcpu = sgi1r = hw = None
+        if q is not None:
+            source_cpu = q.ev.cpu
+            hw = q.ev.values.get("hw")
+            source_role = q.source_role
+            sender_vcpu, sgi1r = q.sender_vcpu, q.sgi1r
+            a_start = q.trap_start if q.trap_start is not None else q.a_start
+            a_end = q.a_end if q.a_end is not None else q.ev.t
+            phases["A"] = Span(a_start, a_end)
+        entry, delivering = p.entry, p.delivering
+        if entry is not None:
+            if delivering is not None and delivering.enter_t is not None:
+                phases["E"] = Span(entry.flush_t, delivering.enter_t)
+                if delivering.eret_t is not None:
+                    phases["F"] = Span(delivering.enter_t, delivering.eret_t)
+            else:
+                end_e = entry.enter_t if entry.enter_t is not None else entry.flush_t
+                phases["E"] = Span(entry.flush_t, end_e)
+            if p.exit is not None:
+                phases.update(p.exit.spans(self.kvm_mode))
+        reason = ""
+        if p.exit is not None:
+            name, ec, _ = self.decoder.describe(p.exit.code, p.exit.esr)
+            reason = ec or name
+        return Chain(
+            p.chain_id,
+            classify(p.intid, p.vcpu, source_role, hw, self.classes),
+            p.intid,
+            p.vcpu,
+            SOURCE_LABELS.get(source_role, "unknown"),
+            source_cpu,
+            phases,
+            p.ack,
+            p.exit,
+            entry,
+            p.lr,
+            hw,
+            sender_vcpu,
+            sgi1r,
+            reason,
+        )
+
+    # -- pruning -------------------------------------------------------------------------
+
+    def _floor(self, vcpu: int) -> int:
+        """Oldest time a later acknowledgement of ``vcpu`` can search entries from."""
+        floor = self.now
+        for (_, v), st in self._keys.items():
+            q = st.queued
+            if v == vcpu and q is not None:
+                if self.now - q.ev.t > self.max_pending_ns:
+                    st.queued = None
+                    self.dropped_pending += 1
+                else:
+                    floor = min(floor, q.ev.t)
+        return floor
+
+    def _prune_vcpu(self, vcpu: int) -> None:
+        floor = self._floor(vcpu)
+        entries = self._entries.get(vcpu, [])
+        # Keep the last entry flushed before the floor (the search starts there).
+        i = 0
+        while i + 1 < len(entries) and entries[i + 1].flush_t < floor:
+            i += 1
+        del entries[:i]
+        first_flush = entries[0].flush_t if entries else floor
+        hl = self._handled.get(vcpu, [])
+        # Keep the last real exit handled before the oldest entry still searchable.
+        j = 0
+        while j + 1 < len(hl) and hl[j + 1][0] < first_flush:
+            j += 1
+        del hl[:j]
+
+    def _prune_exits_by_start(self, cpu: int) -> None:
+        lst = self._exits_by_start[cpu]
+        floor = min((q.ev.t for q in self._traps if q.ev.cpu == cpu), default=self.now)
+        i = 0
+        while i + 1 < len(lst) and lst[i + 1][0] <= floor:
+            i += 1
+        del lst[:i]
