@@ -1,8 +1,13 @@
-"""Perfetto exporter: exits, entries, A–F chains and GIC events -> a ``.pftrace`` (pure).
+"""Perfetto exporter: raw events -> exits, entries, A–F chains and GIC events -> a
+``.pftrace``, streamed (pure; writes through an injected ``IO[bytes]``).
 
-Writes through an injected ``IO[bytes]`` with perfetto's streaming builder (one packet at
-a time). Output is deterministic for the same input: track uuids come from a counter in a
-fixed order and packets are emitted in (timestamp, creation order).
+Events go through :class:`~tracekit.model.incremental.ChainBuilder` one at a time; every
+packet is written as soon as it is final, so memory holds only open state, never the
+trace. Output is deterministic for the same input: track uuids come from a counter in
+order of first use, and each track's events come out in the same nesting order a full sort
+would give (:class:`_Nest`). Across tracks the file is only roughly time-ordered; trace
+processors sort by timestamp (and keep the file order of equal timestamps, which on one
+track is the nesting order).
 
 Layout (each group is a synthetic "process" so the UI groups it):
 
@@ -19,19 +24,24 @@ Layout (each group is a synthetic "process" so the UI groups it):
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import IO, Any
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
-from perfetto.trace_builder.proto_builder import StreamingTraceProtoBuilder
 
-from tracekit.model.chains import Chain, Exit, Reconstruction
+from tracekit.export.wire import (
+    TYPE_COUNTER,
+    TYPE_INSTANT,
+    TYPE_SLICE_BEGIN,
+    PacketEncoder,
+    framed,
+)
+from tracekit.model.chains import CLASSES, SOURCE_LABELS, Chain, Entry, Exit, Reconstruction
 from tracekit.model.events import RawEvent
+from tracekit.model.incremental import ChainBuilder
 from tracekit.probes.spec import ExitDecoder
 
-__all__ = ["PHASE_TITLES", "export_trace"]
+__all__ = ["PHASE_TITLES", "export_events", "export_trace"]
 
 SEQ = 0x7C0DE
 #: Slice names a user understands without the docs.
@@ -50,178 +60,540 @@ CLASS_TITLES = {
 }
 FLOW_BASE = 0x10000
 BUCKET_NS = 100_000
+#: Input events between two releases of buffered slices (amortizes the low-water scan).
+RELEASE_EVERY = 2048
+#: Encoded bytes gathered before one write to the output.
+WRITE_CHUNK = 1 << 20
+_LR_STATES = {0: "invalid", 1: "pending", 2: "active", 3: "pending+active"}
+_META_KEYS = (
+    "scenario",
+    "count",
+    "vcpus",
+    "machine",
+    "kvm_mode",
+    "kernel_release",
+    "kernel_version",
+    "qemu_version",
+    "timebase",
+    "icount",
+    "ended_by",
+    "incomplete_reason",
+    "ground_truth",
+)
 
 
-@dataclass
-class _Ev:
-    ts: int
-    order: int
-    track: int
-    kind: int
-    name: str = ""
-    args: Mapping[str, Any] | None = None
-    flows: tuple[int, ...] = ()
-    terminating: tuple[int, ...] = ()
-    value: float | None = None
+class _Sink:
+    """Gathers encoded packets and writes them in large chunks."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.packets = 0
+
+    def add(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.packets += 1
+        self.size += len(data)
+        if self.size > WRITE_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        self.out.write(b"".join(self.parts))
+        self.parts.clear()
+        self.size = 0
 
 
-class _Builder:
-    def __init__(self) -> None:
-        self.tracks: list[pb.TrackDescriptor] = []
-        self.slices: dict[
-            int, list[tuple[int, int, int, str, Mapping[str, Any] | None, tuple[int, ...]]]
-        ] = defaultdict(list)
-        self.points: dict[int, list[_Ev]] = defaultdict(list)
+class _Nest:
+    """One track's slices and instants, released in nesting order as time allows.
+
+    Items sort by (start, instant-before-slice, -end for slices, creation order): at one
+    start the outer slice opens first. Before an item at ``ts``, every open slice that ends
+    before ``ts`` closes (innermost first); slices ending exactly at ``ts`` close after the
+    instants at ``ts`` (an acknowledgement at a chain's end stays inside the chain) and
+    before the next slice opens (zero-length slices close at once). An item is released
+    only once nothing that could sort before it can still arrive (``release(low)``).
+    """
+
+    __slots__ = ("buf", "enc", "sink", "stack", "track")
+
+    def __init__(self, track: int, enc: PacketEncoder, sink: _Sink) -> None:
+        self.track = track
+        self.enc = enc
+        self.sink = sink
+        self.buf: list[tuple[Any, ...]] = []
+        self.stack: list[int] = []  # ends of the open slices
+
+    def slice(self, order: int, start: int, end: int, name: str, args: Any, flows: Any,
+              intern: bool) -> None:  # fmt: skip
+        end = max(end, start)
+        self.buf.append((start, 1, -end, order, end, name, args, flows, intern))
+
+    def instant(self, order: int, ts: int, name: str, args: Any, terminating: Any) -> None:
+        self.buf.append((ts, 0, order, order, 0, name, args, terminating, True))
+
+    def _close(self, until: int, inclusive: bool) -> None:
+        stack, enc, sink, track = self.stack, self.enc, self.sink, self.track
+        while stack and (stack[-1] < until or (inclusive and stack[-1] == until)):
+            sink.add(enc.end(stack.pop(), track))
+
+    def release(self, low: int) -> None:
+        buf = self.buf
+        if buf:
+            buf.sort(key=lambda it: it[:4])
+            n = 0
+            for it in buf:
+                if it[0] >= low:
+                    break
+                n += 1
+                ts, is_slice = it[0], it[1]
+                self._close(ts, bool(is_slice))
+                if is_slice:
+                    end = it[4]
+                    # A child may not outlive its parent in the UI: clamp to the parent's end.
+                    if self.stack and end > self.stack[-1]:
+                        end = self.stack[-1]
+                    self.sink.add(
+                        self.enc.event(
+                            ts, TYPE_SLICE_BEGIN, self.track, it[5], it[6],
+                            intern_name=it[8], flows=it[7],
+                        )
+                    )  # fmt: skip
+                    self.stack.append(end)
+                else:
+                    self.sink.add(
+                        self.enc.event(
+                            ts, TYPE_INSTANT, self.track, it[5], it[6], terminating=it[7]
+                        )
+                    )
+            del buf[:n]
+        # Nothing at or after ``low`` can close a slice that ends before it any later.
+        self._close(low, False)
+
+
+class _Exporter:
+    """Track layout, packet content and release of buffered tracks."""
+
+    def __init__(
+        self, out: IO[bytes], decoder: ExitDecoder, meta: Mapping[str, Any], kvm_mode: str
+    ) -> None:
+        self.sink = _Sink(out)
+        self.enc = PacketEncoder(SEQ)
+        self.decoder = decoder
+        self.meta = meta
+        self.mode = kvm_mode
+        self.c_title = PHASE_TITLES["C"] + (
+            " (VHE: no EL change, zero length)" if kvm_mode == "vhe" else " (nVHE: eret EL2 -> EL1)"
+        )
         self._uuid = 0
         self._order = 0
+        self.tracks = 0
+        self.nests: list[_Nest] = []
+        self.meta_proc = self._process(1, "tracekit")
+        self.meta_track = self._track(self.meta_proc, "recording")
+        self.host_proc = self._process(2, "L1 host CPUs (KVM)")
+        self.guest_proc = self._process(3, "L2 guest vCPUs")
+        self.gic_proc = self._process(4, "QEMU GICv3 (hardware view)")
+        self.rate_proc = self._process(5, "Exit rate (exits/s by reason)")
+        self.class_proc: dict[str, int] = {}
+        self.cpu: dict[int, tuple[_Nest, int, int, int]] = {}  # slices, probes, LRs, GIC
+        self.vcpu: dict[int, _Nest] = {}
+        self.delivery: dict[tuple[str, int, int, str], tuple[_Nest, _Nest]] = {}
+        self.rate: dict[str, list[int]] = {}  # reason -> [track, bucket, count]
+        #: Per vCPU, entries that ran the guest and wait for the vCPU's next exit:
+        #: [eret_t, l1 cpu, earliest later exit start seen so far or None].
+        self.in_guest: dict[int, list[list[Any]]] = {}
+        self.describe_cache: dict[tuple[int | None, int | None], tuple[str, dict[str, Any]]] = {}
+        self.meta_written = False
 
-    def _next_uuid(self) -> int:
+    # -- tracks ------------------------------------------------------------------------
+
+    def _descriptor(self, td: pb.TrackDescriptor) -> int:
         self._uuid += 1
+        td.uuid = self._uuid
+        pkt = pb.TracePacket()
+        pkt.track_descriptor.CopyFrom(td)
+        self.sink.add(framed(pkt.SerializeToString()))
+        self.tracks += 1
         return self._uuid
 
-    def process(self, pid: int, name: str) -> int:
+    def _process(self, pid: int, name: str) -> int:
         td = pb.TrackDescriptor()
-        td.uuid = self._next_uuid()
         td.process.pid = pid
         td.process.process_name = name
-        self.tracks.append(td)
-        return int(td.uuid)
+        return self._descriptor(td)
 
-    def track(self, parent: int, name: str, *, counter: bool = False, rank: int = 0) -> int:
+    def _track(self, parent: int, name: str, *, counter: bool = False, rank: int = 0) -> int:
         td = pb.TrackDescriptor()
-        td.uuid = self._next_uuid()
         td.parent_uuid = parent
         td.name = name
         td.sibling_order_rank = rank
         if counter:
             td.counter.unit = pb.CounterDescriptor.UNIT_COUNT
-        self.tracks.append(td)
-        return int(td.uuid)
+        return self._descriptor(td)
 
-    def slice(
-        self,
-        start: int,
-        end: int,
-        track: int,
-        name: str,
-        args: Mapping[str, Any] | None = None,
-        flows: tuple[int, ...] = (),
-    ) -> None:
-        self._order += 1
-        self.slices[track].append((start, max(end, start), self._order, name, args, flows))
+    def _nest(self, parent: int, name: str, rank: int) -> _Nest:
+        nest = _Nest(self._track(parent, name, rank=rank), self.enc, self.sink)
+        self.nests.append(nest)
+        return nest
 
-    def instant(
-        self,
-        ts: int,
-        track: int,
-        name: str,
-        args: Mapping[str, Any] | None = None,
-        terminating: tuple[int, ...] = (),
-    ) -> None:
-        self._order += 1
-        self.points[track].append(
-            _Ev(
-                ts,
-                self._order,
-                track,
-                pb.TrackEvent.TYPE_INSTANT,
-                name,
-                args=args,
-                terminating=terminating,
+    def _cpu(self, c: int) -> tuple[_Nest, int, int, int]:
+        tr = self.cpu.get(c)
+        if tr is None:
+            tr = self.cpu[c] = (
+                self._nest(self.host_proc, f"L1 CPU{c}", 3 * c),
+                self._track(self.host_proc, f"L1 CPU{c}: probe hits", rank=3 * c + 1),
+                self._track(
+                    self.host_proc,
+                    f"L1 CPU{c}: list registers in use",
+                    counter=True,
+                    rank=3 * c + 2,
+                ),
+                self._track(self.gic_proc, f"GIC CPU i/f {c}", rank=c),
             )
-        )
+        return tr
 
-    def counter(self, ts: int, track: int, value: float) -> None:
-        self._order += 1
-        self.points[track].append(
-            _Ev(ts, self._order, track, pb.TrackEvent.TYPE_COUNTER, value=value)
-        )
+    def _vcpu(self, v: int) -> _Nest:
+        nest = self.vcpu.get(v)
+        if nest is None:
+            nest = self.vcpu[v] = self._nest(self.guest_proc, f"L2 vCPU{v}", v)
+        return nest
 
-    def track_events(self, track: int) -> list[_Ev]:
-        """This track's events, properly nested: a sweep over slices with a stack.
-
-        Slices sort by (start, -end): at one start the outer slice opens first. Before a
-        slice or point at ``ts``, every open slice that ends before ``ts`` is closed
-        (innermost first); slices ending exactly at ``ts`` close after the points at
-        ``ts`` (an acknowledgement instant at a chain's end stays inside the chain) and
-        before the next slice opens (zero-length slices close at once).
-        """
-        out: list[_Ev] = []
-        stack: list[tuple[int, int]] = []  # (end, order)
-        begin, end_t, inst = (
-            pb.TrackEvent.TYPE_SLICE_BEGIN,
-            pb.TrackEvent.TYPE_SLICE_END,
-            pb.TrackEvent.TYPE_INSTANT,
-        )
-        items: list[tuple[int, int, int, Any]] = []
-        for sl in self.slices.get(track, []):
-            items.append((sl[0], 1, -sl[1], sl))
-        for pt in self.points.get(track, []):
-            items.append((pt.ts, 0, pt.order, pt))
-        items.sort(
-            key=lambda it: (
-                it[0],
-                it[1],
-                it[2],
-                getattr(it[3], "order", 0) if it[1] == 0 else it[3][2],
+    def _chain_tracks(self, key: tuple[str, int, int, str]) -> tuple[_Nest, _Nest]:
+        tracks = self.delivery.get(key)
+        if tracks is None:
+            cls, intid, vcpu, source = key
+            proc = self.class_proc.get(cls)
+            if proc is None:
+                pid = 10 + (CLASSES.index(cls) if cls in CLASSES else 3 + len(self.class_proc))
+                proc = self.class_proc[cls] = self._process(pid, CLASS_TITLES.get(cls, cls))
+            # Rank from the key itself (INTID, vCPU, source), as the set of keys is not
+            # known up front: the UI still lists sources by INTID.
+            labels = list(SOURCE_LABELS.values())
+            src = labels.index(source) if source in labels else len(labels)
+            rank = 2 * ((intid * 1024 + vcpu + 1) * 8 + src)
+            label = f"INTID {intid} -> vCPU{vcpu} ({source})"
+            tracks = self.delivery[key] = (
+                self._nest(proc, label, rank),
+                self._nest(proc, f"{label}: source (A)", rank + 1),
             )
+        return tracks
+
+    def _next(self) -> int:
+        self._order += 1
+        return self._order
+
+    # -- content -----------------------------------------------------------------------
+
+    def meta_instant(self, t0: int) -> None:
+        meta, gt = self.meta, self.meta.get("ground_truth")
+        args = {
+            "tracekit.meta": json.dumps({k: meta.get(k) for k in _META_KEYS}, sort_keys=True),
+            "scenario": meta.get("scenario"),
+            "kvm_mode": self.mode,
+            "kernel": meta.get("kernel_release"),
+            "qemu": meta.get("qemu_version"),
+            "timebase": meta.get("timebase"),
+            "ground_truth": json.dumps(gt.get("per_class") if isinstance(gt, dict) else None),
+            "incomplete_reason": meta.get("incomplete_reason"),
+        }
+        self.sink.add(
+            self.enc.event(t0, TYPE_INSTANT, self.meta_track, "tracekit recording", args)
+        )
+        self.meta_written = True
+
+    def _describe(self, code: int | None, esr: int | None) -> tuple[str, dict[str, Any]]:
+        """Exit slice title and the decoder's part of its arguments (cached)."""
+        hit = self.describe_cache.get((code, esr))
+        if hit is None:
+            name, ec, handler = self.decoder.describe(code, esr)
+            title_reason = (ec or name) + (f" -> {handler}" if ec else "")
+            args = {
+                "exit_code": code,
+                "exit_code_name": name,
+                "esr": f"{esr:#010x}" if esr is not None and name == "TRAP" else None,
+                "esr_class": ec or None,
+                "handler": handler or None,
+            }
+            hit = self.describe_cache[(code, esr)] = (title_reason, args)
+        return hit
+
+    def raw(self, ev: RawEvent, running: Mapping[int, int]) -> None:
+        """Probe hits, GIC events and the exit-rate counters, straight from the event."""
+        cpu_tracks = self.cpu.get(ev.cpu) or self._cpu(ev.cpu)
+        if ev.source == "probe":
+            self.sink.add(
+                self.enc.event(
+                    ev.t, TYPE_INSTANT, cpu_tracks[1], ev.name, {"phase": ev.phase, **ev.values}
+                )
+            )
+            if ev.role == "handle_exit":
+                self._count_exit(ev)
+            return
+        if ev.source != "gic":
+            return
+        vals, role = ev.values, ev.role
+        if role in {"ack", "eoi"}:
+            v = running.get(ev.cpu, -1)
+            if v >= 0:
+                what = "acknowledge (ICV_IAR1)" if role == "ack" else "end (ICV_EOIR1)"
+                self._vcpu(v).instant(
+                    self._next(),
+                    ev.t,
+                    f"{what} INTID {vals.get('intid')}",
+                    {"intid": vals.get("intid"), "l1_cpu": ev.cpu},
+                    (),
+                )
+        elif role == "lr_write":
+            state = _LR_STATES[vals.get("state", 0) & 3]
+            self.sink.add(
+                self.enc.event(
+                    ev.t,
+                    TYPE_INSTANT,
+                    cpu_tracks[3],
+                    f"ICH_LR{vals.get('lr')} <- vINTID {vals.get('vintid')} ({state})",
+                    {"value": f"{vals.get('value', 0):#018x}", "hw": vals.get("hw")},
+                )
+            )
+        elif role == "sgi_generate":
+            self.sink.add(
+                self.enc.event(
+                    ev.t,
+                    TYPE_INSTANT,
+                    cpu_tracks[3],
+                    f"SGI {vals.get('sgi')} generated",
+                    {"targetlist": vals.get("targetlist")},
+                )
+            )
+
+    def _count_exit(self, ev: RawEvent) -> None:
+        """Exits per second by reason in 100 µs buckets, every bucket from the first to
+        one past the last (handle_exit events come in time order)."""
+        code, ec, _ = self.decoder.describe(ev.values.get("exit_code"), ev.values.get("esr"))
+        reason = ec or code
+        bucket = ev.t // BUCKET_NS
+        st = self.rate.get(reason)
+        if st is None:
+            track = self._track(self.rate_proc, f"exits/s: {reason}", counter=True)
+            self.rate[reason] = [track, bucket, 1]
+            return
+        track, cur, count = st
+        if bucket == cur:
+            st[2] += 1
+            return
+        for k in range(cur, bucket):
+            self._counter(k * BUCKET_NS, track, count * 1e9 / BUCKET_NS)
+            count = 0
+        st[1], st[2] = bucket, 1
+
+    def _counter(self, ts: int, track: int, value: float) -> None:
+        self.sink.add(self.enc.event(ts, TYPE_COUNTER, track, value=value))
+
+    def exit(self, ex: Exit) -> None:
+        spans = ex.spans(self.mode)
+        start = ex.start
+        if start is not None:
+            for pend in self.in_guest.get(ex.vcpu, ()):
+                if pend[0] < start and (pend[2] is None or start < pend[2]):
+                    pend[2] = start
+        if not spans:
+            return
+        nest = self._cpu(ex.cpu)[0]
+        reason, dargs = self._describe(ex.code, ex.esr)
+        args = {"l1_cpu": ex.cpu, "vcpu": ex.vcpu, "vector": ex.vector or None, **dargs}
+        for p, s in spans.items():
+            args[f"phase_{p}_ns"] = s.duration
+        nest.slice(
+            self._next(),
+            min(s.start for s in spans.values()),
+            max(s.end for s in spans.values()),
+            f"exit vCPU{ex.vcpu}: {reason}",
+            args,
+            (),
+            True,
+        )
+        for ph in ("B", "C", "D"):
+            if ph in spans:
+                title = self.c_title if ph == "C" else PHASE_TITLES[ph]
+                nest.slice(self._next(), spans[ph].start, spans[ph].end, title, None, (), True)
+
+    def entry(self, ent: Entry) -> None:
+        nest, _, lr_track, _ = self._cpu(ent.cpu)
+        end = ent.eret_t or ent.enter_t or ent.flush_t
+        lrs = ent.lrs_in_use()
+        nest.slice(
+            self._next(),
+            ent.flush_t,
+            end,
+            f"entry vCPU{ent.vcpu}",
+            {"vcpu": ent.vcpu, "lrs_in_use": lrs, "entered_guest": ent.eret_t is not None},
+            (),
+            True,
+        )
+        nest.slice(
+            self._next(), ent.flush_t, ent.enter_t or ent.flush_t, PHASE_TITLES["E"], None, (),
+            True,
+        )  # fmt: skip
+        if ent.enter_t is not None:
+            nest.slice(self._next(), ent.enter_t, end, PHASE_TITLES["F"], None, (), True)
+        self._counter(ent.flush_t, lr_track, float(lrs))
+        if ent.vcpu >= 0:
+            self._vcpu(ent.vcpu)
+        if ent.eret_t is not None and ent.vcpu >= 0:
+            self.in_guest.setdefault(ent.vcpu, []).append([ent.eret_t, ent.cpu, None])
+
+    def resolve_in_guest(self, exits_low: int | None) -> None:
+        """"in guest" lasts from an eret to the vCPU's next exit; final once no exit yet
+        to close can start before the one found (``None``: end of stream)."""
+        for v, pend in self.in_guest.items():
+            if not pend:
+                continue
+            keep = []
+            for item in pend:
+                eret_t, cpu, nxt = item
+                if exits_low is not None and (nxt is None or nxt > exits_low):
+                    keep.append(item)
+                elif nxt is not None:
+                    self.vcpu[v].slice(
+                        self._next(), eret_t, nxt, "in guest", {"l1_cpu": cpu}, (), True
+                    )
+            pend[:] = keep
+
+    def in_guest_low(self) -> int | None:
+        return min((p[0] for pend in self.in_guest.values() for p in pend), default=None)
+
+    def chain(self, chain: Chain) -> None:
+        delivery, source = self._chain_tracks((chain.cls, chain.intid, chain.vcpu, chain.source))
+        flows = (FLOW_BASE + chain.id,)
+        ph = chain.phases
+        args: dict[str, Any] = {
+            "chain": chain.id,
+            "class": chain.cls,
+            "intid": chain.intid,
+            "vcpu": chain.vcpu,
+            "source": chain.source,
+            "complete": chain.complete,
+            "missing": ",".join(chain.missing) or None,
+            "exit_reason": chain.exit_reason or None,
+            "lr": chain.lr,
+            "hw": chain.hw,
+            "source_l1_cpu": chain.source_cpu,
+            "sender_vcpu": chain.sender_vcpu,
+            "sgi1r": f"{chain.sgi1r:#x}" if chain.sgi1r is not None else None,
+        }
+        for name, span in ph.items():
+            args[f"phase_{name}_ns"] = span.duration
+        if "A" in ph:
+            source.slice(
+                self._next(),
+                ph["A"].start,
+                ph["A"].end,
+                PHASE_TITLES["A"],
+                {"chain": chain.id, "source": chain.source, "l1_cpu": chain.source_cpu},
+                flows,
+                True,
+            )
+        delivered = [p for p in ("B", "C", "D", "E", "F") if p in ph]
+        start = min([ph[p].start for p in delivered] + [chain.ack.t])
+        delivery.slice(
+            self._next(),
+            start,
+            chain.ack.t,
+            f"INTID {chain.intid} -> vCPU{chain.vcpu} #{chain.id}"
+            + ("" if chain.complete else " (partial)"),
+            args,
+            (),
+            False,  # unique per chain: interning would only add bytes
+        )
+        for p in delivered:
+            title = self.c_title if p == "C" else PHASE_TITLES[p]
+            if p == "D" and chain.exit is not None:
+                _, ec, handler = self.decoder.describe(chain.exit.code, chain.exit.esr)
+                title += f" ({ec or self.decoder.code_name(chain.exit.code)}"
+                title += f" -> {handler})" if handler and ec else ")"
+            delivery.slice(
+                self._next(), ph[p].start, ph[p].end, title, {"chain": chain.id}, flows, True
+            )
+        delivery.instant(
+            self._next(),
+            chain.ack.t,
+            f"L2 acknowledges INTID {chain.intid}",
+            {"l1_cpu": chain.ack.cpu},
+            flows,
         )
 
-        def close(until: int, inclusive: bool) -> None:
-            while stack and (stack[-1][0] < until or (inclusive and stack[-1][0] == until)):
-                e, order = stack.pop()
-                out.append(_Ev(e, order, track, end_t))
+    def release(self, low: int) -> None:
+        for nest in self.nests:
+            nest.release(low)
 
-        for ts, is_slice, _, obj in items:
-            close(ts, inclusive=bool(is_slice))
-            if is_slice:
-                start, end, order, name, args, flows = obj
-                # A child may not outlive its parent in the UI: clamp to the parent's end.
-                if stack and end > stack[-1][0]:
-                    end = stack[-1][0]
-                out.append(_Ev(start, order, track, begin, name, args=args, flows=flows))
-                stack.append((end, order))
-            else:
-                out.append(obj)
-        close(1 << 62, inclusive=True)
-        assert all(e.kind != inst or e.track == track for e in out)
-        return out
+    def finish(self) -> dict[str, int]:
+        self.resolve_in_guest(None)
+        self.release(1 << 62)
+        for track, cur, count in self.rate.values():
+            self._counter(cur * BUCKET_NS, track, count * 1e9 / BUCKET_NS)
+            self._counter((cur + 1) * BUCKET_NS, track, 0.0)
+        self.sink.flush()
+        return {"tracks": self.tracks, "events": self.sink.packets - self.tracks}
 
 
-def _annotate(ev: pb.TrackEvent, args: Mapping[str, Any]) -> None:
-    for key in sorted(args):
-        value = args[key]
-        if value is None:
-            continue
-        d = ev.debug_annotations.add()
-        d.name = key
-        if isinstance(value, bool):
-            d.bool_value = value
-        elif isinstance(value, int):
-            d.int_value = value
-        elif isinstance(value, float):
-            d.double_value = value
-        else:
-            d.string_value = str(value)
+def export_events(
+    out: IO[bytes],
+    events: Iterable[RawEvent],
+    decoder: ExitDecoder,
+    meta: Mapping[str, Any],
+    kvm_mode: str = "vhe",
+    classes: Mapping[tuple[int, int], str] | None = None,
+) -> dict[str, int]:
+    """Reconstruct and write the trace in one pass over time-sorted ``events``.
 
-
-def _exit_args(ex: Exit, decoder: ExitDecoder) -> dict[str, Any]:
-    code, ec, handler = decoder.describe(ex.code, ex.esr)
-    return {
-        "l1_cpu": ex.cpu,
-        "vcpu": ex.vcpu,
-        "exit_code": ex.code,
-        "exit_code_name": code,
-        "esr": f"{ex.esr:#010x}" if ex.esr is not None and code == "TRAP" else None,
-        "esr_class": ec or None,
-        "handler": handler or None,
-        "vector": ex.vector or None,
-    }
-
-
-def _exit_title(ex: Exit, decoder: ExitDecoder) -> str:
-    code, ec, handler = decoder.describe(ex.code, ex.esr)
-    return f"exit vCPU{ex.vcpu}: {ec or code}" + (f" -> {handler}" if ec else "")
+    Returns packet counts (``tracks``: descriptors, ``events``: track events), the number
+    of raw events read and chain counts for the caller's report.
+    """
+    ex = _Exporter(out, decoder, meta, kvm_mode)
+    builder = ChainBuilder(decoder, kvm_mode, classes)
+    closed_exits, closed_entries, chains = (
+        builder.closed_exits,
+        builder.closed_entries,
+        builder.chains,
+    )
+    n = 0
+    for ev in events:
+        if not n:
+            ex.meta_instant(ev.t)
+        n += 1
+        builder.feed(ev)
+        ex.raw(ev, builder.running)
+        if closed_exits:
+            for x in closed_exits:
+                ex.exit(x)
+            closed_exits.clear()
+        if closed_entries:
+            for e in closed_entries:
+                ex.entry(e)
+            closed_entries.clear()
+        if chains:
+            for c in chains:
+                ex.chain(c)
+            chains.clear()
+        if n % RELEASE_EVERY == 0:
+            ex.resolve_in_guest(builder.exits_low_water())
+            low = builder.low_water()
+            guest_low = ex.in_guest_low()
+            ex.release(low if guest_low is None else min(low, guest_low))
+    if not n:
+        ex.meta_instant(0)
+    builder.finish()
+    for x in closed_exits:
+        ex.exit(x)
+    for e in closed_entries:
+        ex.entry(e)
+    for c in chains:
+        ex.chain(c)
+    counts = ex.finish()
+    counts["raw_events"] = n
+    counts["chains"] = builder.chain_count
+    counts["unmatched_acks"] = builder.unmatched_acks
+    return counts
 
 
 def export_trace(
@@ -231,300 +603,11 @@ def export_trace(
     decoder: ExitDecoder,
     meta: Mapping[str, Any],
 ) -> dict[str, int]:
-    """Write the whole trace; returns packet counts for the caller's report."""
-    evs = sorted(events, key=lambda e: e.t)
-    b = _Builder()
-    mode = recon.kvm_mode
-    c_title = PHASE_TITLES["C"] + (
-        " (VHE: no EL change, zero length)" if mode == "vhe" else " (nVHE: eret EL2 -> EL1)"
+    """Write the trace of a recording already reconstructed as ``recon``.
+
+    The exporter streams its own reconstruction (identical to ``recon``: same builder,
+    same mode and classes), so that one code path writes every trace.
+    """
+    return export_events(
+        out, sorted(events, key=lambda e: e.t), decoder, meta, recon.kvm_mode, recon.classes
     )
-    t0 = evs[0].t if evs else 0
-
-    # -- metadata ------------------------------------------------------------------------
-    meta_proc = b.process(1, "tracekit")
-    meta_track = b.track(meta_proc, "recording")
-    gt = meta.get("ground_truth")
-    b.instant(
-        t0,
-        meta_track,
-        "tracekit recording",
-        {
-            "tracekit.meta": json.dumps(
-                {
-                    k: meta.get(k)
-                    for k in (
-                        "scenario",
-                        "count",
-                        "vcpus",
-                        "machine",
-                        "kvm_mode",
-                        "kernel_release",
-                        "kernel_version",
-                        "qemu_version",
-                        "timebase",
-                        "icount",
-                        "ended_by",
-                        "incomplete_reason",
-                        "ground_truth",
-                    )
-                },
-                sort_keys=True,
-            ),
-            "scenario": meta.get("scenario"),
-            "kvm_mode": mode,
-            "kernel": meta.get("kernel_release"),
-            "qemu": meta.get("qemu_version"),
-            "timebase": meta.get("timebase"),
-            "ground_truth": json.dumps(gt.get("per_class") if isinstance(gt, dict) else None),
-            "incomplete_reason": meta.get("incomplete_reason"),
-        },
-    )
-
-    # -- interrupt chains ----------------------------------------------------------------
-    keys = sorted(
-        {(c.cls, c.intid, c.vcpu, c.source) for c in recon.chains},
-        key=lambda k: (
-            ["hardware", "virtual", "ipi"].index(k[0])
-            if k[0] in ("hardware", "virtual", "ipi")
-            else 9,
-            k[1],
-            k[2],
-        ),
-    )
-    class_proc: dict[str, int] = {}
-    delivery: dict[tuple[str, int, int, str], int] = {}
-    source_tr: dict[tuple[str, int, int, str], int] = {}
-    for rank, key in enumerate(keys):
-        cls, intid, vcpu, source = key
-        if cls not in class_proc:
-            class_proc[cls] = b.process(10 + len(class_proc), CLASS_TITLES.get(cls, cls))
-        label = f"INTID {intid} -> vCPU{vcpu} ({source})"
-        delivery[key] = b.track(class_proc[cls], label, rank=2 * rank)
-        source_tr[key] = b.track(class_proc[cls], f"{label}: source (A)", rank=2 * rank + 1)
-    for chain in recon.chains:
-        _chain(b, chain, delivery, source_tr, c_title, decoder)
-
-    # -- L1 CPUs ---------------------------------------------------------------------------
-    cpus = sorted({e.cpu for e in evs})
-    host_proc = b.process(2, "L1 host CPUs (KVM)")
-    cpu_track = {c: b.track(host_proc, f"L1 CPU{c}", rank=3 * c) for c in cpus}
-    probe_track = {c: b.track(host_proc, f"L1 CPU{c}: probe hits", rank=3 * c + 1) for c in cpus}
-    lr_counter = {
-        c: b.track(host_proc, f"L1 CPU{c}: list registers in use", counter=True, rank=3 * c + 2)
-        for c in cpus
-    }
-    for ex in recon.exits:
-        spans = ex.spans(mode)
-        if not spans or ex.cpu not in cpu_track:
-            continue
-        start = min(s.start for s in spans.values())
-        end = max(s.end for s in spans.values())
-        tr = cpu_track[ex.cpu]
-        exit_args = _exit_args(ex, decoder) | {
-            f"phase_{p}_ns": s.duration for p, s in spans.items()
-        }
-        b.slice(start, end, tr, _exit_title(ex, decoder), exit_args)
-        for ph in ("B", "C", "D"):
-            if ph in spans:
-                title = c_title if ph == "C" else PHASE_TITLES[ph]
-                b.slice(spans[ph].start, spans[ph].end, tr, title)
-    for ent in recon.entries:
-        if ent.cpu not in cpu_track:
-            continue
-        end = ent.eret_t or ent.enter_t or ent.flush_t
-        tr = cpu_track[ent.cpu]
-        b.slice(
-            ent.flush_t,
-            end,
-            tr,
-            f"entry vCPU{ent.vcpu}",
-            {
-                "vcpu": ent.vcpu,
-                "lrs_in_use": ent.lrs_in_use(),
-                "entered_guest": ent.eret_t is not None,
-            },
-        )
-        b.slice(ent.flush_t, ent.enter_t or ent.flush_t, tr, PHASE_TITLES["E"])
-        if ent.enter_t is not None:
-            b.slice(ent.enter_t, end, tr, PHASE_TITLES["F"])
-        b.counter(ent.flush_t, lr_counter[ent.cpu], float(ent.lrs_in_use()))
-    for ev in evs:
-        if ev.source == "probe" and ev.cpu in probe_track:
-            b.instant(
-                ev.t,
-                probe_track[ev.cpu],
-                ev.name,
-                {"phase": ev.phase, **ev.values},
-            )
-
-    # -- L2 vCPUs ----------------------------------------------------------------------------
-    guest_proc = b.process(3, "L2 guest vCPUs")
-    vcpus = sorted({e.vcpu for e in recon.entries if e.vcpu >= 0})
-    vcpu_track = {v: b.track(guest_proc, f"L2 vCPU{v}", rank=v) for v in vcpus}
-    exits_by_vcpu: dict[int, list[int]] = defaultdict(list)
-    for ex in recon.exits:
-        if ex.start is not None:
-            exits_by_vcpu[ex.vcpu].append(ex.start)
-    for starts in exits_by_vcpu.values():
-        starts.sort()
-    for ent in recon.entries:
-        if ent.eret_t is None or ent.vcpu not in vcpu_track:
-            continue
-        nxt = next((t for t in exits_by_vcpu[ent.vcpu] if t > ent.eret_t), None)
-        if nxt is not None:
-            b.slice(ent.eret_t, nxt, vcpu_track[ent.vcpu], "in guest", {"l1_cpu": ent.cpu})
-    gic_proc = b.process(4, "QEMU GICv3 (hardware view)")
-    gic_track = {c: b.track(gic_proc, f"GIC CPU i/f {c}", rank=c) for c in cpus}
-    running: dict[int, int] = {}
-    eret_by_t = {ent.eret_t: ent for ent in recon.entries if ent.eret_t is not None}
-    for ev in evs:
-        if ev.role == "eret" and ev.t in eret_by_t:
-            running[ev.cpu] = eret_by_t[ev.t].vcpu
-        if ev.source != "gic":
-            continue
-        vals = ev.values
-        if ev.role in ("ack", "eoi"):
-            vt = vcpu_track.get(running.get(ev.cpu, -1))
-            if vt is not None:
-                what = "acknowledge (ICV_IAR1)" if ev.role == "ack" else "end (ICV_EOIR1)"
-                b.instant(
-                    ev.t,
-                    vt,
-                    f"{what} INTID {vals.get('intid')}",
-                    {"intid": vals.get("intid"), "l1_cpu": ev.cpu},
-                )
-        elif ev.role == "lr_write" and ev.cpu in gic_track:
-            state = {0: "invalid", 1: "pending", 2: "active", 3: "pending+active"}[
-                vals.get("state", 0) & 3
-            ]
-            b.instant(
-                ev.t,
-                gic_track[ev.cpu],
-                f"ICH_LR{vals.get('lr')} <- vINTID {vals.get('vintid')} ({state})",
-                {"value": f"{vals.get('value', 0):#018x}", "hw": vals.get("hw")},
-            )
-        elif ev.role == "sgi_generate" and ev.cpu in gic_track:
-            b.instant(
-                ev.t,
-                gic_track[ev.cpu],
-                f"SGI {vals.get('sgi')} generated",
-                {"targetlist": vals.get("targetlist")},
-            )
-
-    # -- exit rate counters -----------------------------------------------------------------
-    rate_proc = b.process(5, "Exit rate (exits/s by reason)")
-    by_reason: dict[str, list[int]] = defaultdict(list)
-    for ex in recon.exits:
-        if ex.handle_exit_t is not None:
-            code, ec, _ = decoder.describe(ex.code, ex.esr)
-            by_reason[ec or code].append(ex.handle_exit_t)
-    for reason in sorted(by_reason):
-        tr = b.track(rate_proc, f"exits/s: {reason}", counter=True)
-        buckets: dict[int, int] = defaultdict(int)
-        for t in by_reason[reason]:
-            buckets[t // BUCKET_NS] += 1
-        for k in range(min(buckets), max(buckets) + 2):
-            b.counter(k * BUCKET_NS, tr, buckets.get(k, 0) * 1e9 / BUCKET_NS)
-
-    return _write(out, b)
-
-
-def _chain(
-    b: _Builder,
-    chain: Chain,
-    delivery: Mapping[tuple[str, int, int, str], int],
-    source_tr: Mapping[tuple[str, int, int, str], int],
-    c_title: str,
-    decoder: ExitDecoder,
-) -> None:
-    key = (chain.cls, chain.intid, chain.vcpu, chain.source)
-    flow = FLOW_BASE + chain.id
-    ph = chain.phases
-    args: dict[str, Any] = {
-        "chain": chain.id,
-        "class": chain.cls,
-        "intid": chain.intid,
-        "vcpu": chain.vcpu,
-        "source": chain.source,
-        "complete": chain.complete,
-        "missing": ",".join(chain.missing) or None,
-        "exit_reason": chain.exit_reason or None,
-        "lr": chain.lr,
-        "hw": chain.hw,
-        "source_l1_cpu": chain.source_cpu,
-        "sender_vcpu": chain.sender_vcpu,
-        "sgi1r": f"{chain.sgi1r:#x}" if chain.sgi1r is not None else None,
-    }
-    for name, span in ph.items():
-        args[f"phase_{name}_ns"] = span.duration
-    if "A" in ph:
-        b.slice(
-            ph["A"].start,
-            ph["A"].end,
-            source_tr[key],
-            PHASE_TITLES["A"],
-            {"chain": chain.id, "source": chain.source, "l1_cpu": chain.source_cpu},
-            flows=(flow,),
-        )
-    delivered = [p for p in ("B", "C", "D", "E", "F") if p in ph]
-    start = min([ph[p].start for p in delivered] + [chain.ack.t])
-    tr = delivery[key]
-    b.slice(
-        start,
-        chain.ack.t,
-        tr,
-        f"INTID {chain.intid} -> vCPU{chain.vcpu} #{chain.id}"
-        + ("" if chain.complete else " (partial)"),
-        args,
-    )
-    for p in delivered:
-        title = c_title if p == "C" else PHASE_TITLES[p]
-        if p == "D" and chain.exit is not None:
-            _, ec, handler = decoder.describe(chain.exit.code, chain.exit.esr)
-            title += f" ({ec or decoder.code_name(chain.exit.code)}"
-            title += f" -> {handler})" if handler and ec else ")"
-        b.slice(ph[p].start, ph[p].end, tr, title, {"chain": chain.id}, flows=(flow,))
-    b.instant(
-        chain.ack.t,
-        tr,
-        f"L2 acknowledges INTID {chain.intid}",
-        {"l1_cpu": chain.ack.cpu},
-        terminating=(flow,),
-    )
-
-
-def _write(out: IO[bytes], b: _Builder) -> dict[str, int]:
-    builder = StreamingTraceProtoBuilder(out)
-    for td in b.tracks:
-        pkt = builder.create_packet()
-        pkt.track_descriptor.CopyFrom(td)
-        builder.write_packet(pkt)
-    # Each track's own order is its nesting order; across tracks, a stable merge by time.
-    per_track = [b.track_events(td.uuid) for td in b.tracks]
-    merged = sorted(
-        ((ev.ts, ti, i, ev) for ti, evs in enumerate(per_track) for i, ev in enumerate(evs)),
-        key=lambda x: (x[0], x[1], x[2]),
-    )
-    first = True
-    for _, _, _, ev in merged:
-        pkt = builder.create_packet()
-        pkt.timestamp = ev.ts
-        pkt.trusted_packet_sequence_id = SEQ
-        if first:
-            pkt.sequence_flags = pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
-            first = False
-        te = pkt.track_event
-        te.type = ev.kind
-        te.track_uuid = ev.track
-        if ev.name:
-            te.name = ev.name
-        if ev.args:
-            _annotate(te, ev.args)
-        if ev.flows:
-            te.flow_ids.extend(ev.flows)
-        if ev.terminating:
-            te.terminating_flow_ids.extend(ev.terminating)
-        if ev.value is not None:
-            te.double_counter_value = ev.value
-        builder.write_packet(pkt)
-    return {"tracks": len(b.tracks), "events": len(merged)}

@@ -45,11 +45,12 @@ class TraceContent:
         return self.flows_started - self.flows_terminated
 
 
-def _args(ev: pb.TrackEvent) -> dict[str, Any]:
+def _args(ev: pb.TrackEvent, keys: dict[int, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for d in ev.debug_annotations:
         kind = d.WhichOneof("value")
-        out[d.name] = getattr(d, kind) if kind else None
+        name = d.name if d.HasField("name") else keys.get(d.name_iid, f"#{d.name_iid}")
+        out[name] = getattr(d, kind) if kind else None
     return out
 
 
@@ -68,7 +69,18 @@ def parse_trace(data: bytes, source: str = "trace") -> TraceContent:
         )
     content = TraceContent(packets=len(trace.packet))
     open_slices: dict[int, list[tuple[str, int, dict[str, Any]]]] = defaultdict(list)
+    # Interned event and annotation names (the exporter writes one sequence).
+    names: dict[int, str] = {}
+    keys: dict[int, str] = {}
     for pkt in trace.packet:
+        if pkt.sequence_flags & pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED:
+            names.clear()
+            keys.clear()
+        if pkt.HasField("interned_data"):
+            for en in pkt.interned_data.event_names:
+                names[en.iid] = en.name
+            for dn in pkt.interned_data.debug_annotation_names:
+                keys[dn.iid] = dn.name
         if pkt.HasField("track_descriptor"):
             td = pkt.track_descriptor
             if td.HasField("process"):
@@ -80,6 +92,7 @@ def parse_trace(data: bytes, source: str = "trace") -> TraceContent:
         if not pkt.HasField("track_event"):
             continue
         ev = pkt.track_event
+        name = ev.name if ev.HasField("name") else names.get(ev.name_iid, "")
         track = content.tracks.get(ev.track_uuid)
         if track is None:
             content.problems.append(f"event on undeclared track {ev.track_uuid}")
@@ -87,24 +100,26 @@ def parse_trace(data: bytes, source: str = "trace") -> TraceContent:
         content.flows_started.update(ev.flow_ids)
         content.flows_terminated.update(ev.terminating_flow_ids)
         if ev.type == pb.TrackEvent.TYPE_SLICE_BEGIN:
-            open_slices[ev.track_uuid].append((ev.name, pkt.timestamp, _args(ev)))
+            open_slices[ev.track_uuid].append((name, pkt.timestamp, _args(ev, keys)))
         elif ev.type == pb.TrackEvent.TYPE_SLICE_END:
             stack = open_slices[ev.track_uuid]
             if not stack:
                 content.problems.append(f"slice end without begin on {track!r}")
                 continue
-            name, start, args = stack.pop()
+            begin_name, start, args = stack.pop()
             if pkt.timestamp < start:
-                content.problems.append(f"slice {name!r} ends before it begins")
-            content.slices.append(Slice(track, name, start, pkt.timestamp, args, len(stack)))
+                content.problems.append(f"slice {begin_name!r} ends before it begins")
+            content.slices.append(
+                Slice(track, begin_name, start, pkt.timestamp, args, len(stack))
+            )
         elif ev.type == pb.TrackEvent.TYPE_INSTANT:
             content.instants.append(
                 Slice(
                     track,
-                    ev.name,
+                    name,
                     pkt.timestamp,
                     pkt.timestamp,
-                    _args(ev),
+                    _args(ev, keys),
                     len(open_slices[ev.track_uuid]),
                 )
             )
@@ -116,8 +131,8 @@ def parse_trace(data: bytes, source: str = "trace") -> TraceContent:
             )
             content.counters.setdefault(track, []).append((pkt.timestamp, value))
     for uuid, stack in open_slices.items():
-        for name, _, _ in stack:
-            content.problems.append(f"slice {name!r} on {content.tracks[uuid]!r} never ends")
+        for open_name, _, _ in stack:
+            content.problems.append(f"slice {open_name!r} on {content.tracks[uuid]!r} never ends")
     return content
 
 

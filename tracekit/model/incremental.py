@@ -185,6 +185,22 @@ class ChainBuilder:
         self._open_entry.clear()
         self._finish_ready(final=True)
 
+    @property
+    def chain_count(self) -> int:
+        """Chains numbered so far (one per acknowledgement)."""
+        return self._chain_ids
+
+    def exits_low_water(self) -> int:
+        """No exit closed later starts before this time."""
+        lw = self.now
+        for vt, _ in self._pending_vector.values():
+            lw = min(lw, vt)
+        for ex in self._open_exit.values():
+            s = ex.start
+            if s is not None:
+                lw = min(lw, s)
+        return lw
+
     def low_water(self) -> int:
         """No exit, entry or chain emitted later has a span starting before this time."""
         lw = self.now

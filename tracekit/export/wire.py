@@ -1,0 +1,163 @@
+"""Hand-encoded Perfetto ``TracePacket``s for the exporter's hot path (pure).
+
+Building a Python protobuf object costs microseconds per packet; the few packets the
+exporter writes by the million (TrackEvent slice begin/end, instant, counter) have a fixed
+layout, so they are written straight in the protobuf wire format: varints and
+length-delimited fields, each packet framed as ``Trace.packet`` (field 1) so the file is a
+``Trace``. Event names and debug-annotation names are interned (``interned_data`` with
+``name_iid`` / ``debug_annotation_name_iid``): the first packet of the sequence sets
+``SEQ_INCREMENTAL_STATE_CLEARED``, later ones ``SEQ_NEEDS_INCREMENTAL_STATE``.
+``tests/unit/test_wire.py`` parses every kind back with ``perfetto_trace_pb2``.
+
+Field numbers (perfetto/protos/perfetto/trace/...): TracePacket timestamp 8,
+trusted_packet_sequence_id 10, track_event 11, interned_data 12, sequence_flags 13;
+TrackEvent debug_annotations 4, type 9, name_iid 10, track_uuid 11, name 23,
+double_counter_value 44, flow_ids 47, terminating_flow_ids 48 (fixed64); DebugAnnotation
+name_iid 1, bool 2, int 4, double 5, string 6; InternedData event_names 2,
+debug_annotation_names 3 (iid 1, name 2).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["PacketEncoder", "framed", "varint"]
+
+_SMALL = [bytes((i,)) for i in range(128)]
+_pack_double = struct.Struct("<d").pack
+_pack_fixed64 = struct.Struct("<Q").pack
+
+TYPE_SLICE_BEGIN = 1
+TYPE_SLICE_END = 2
+TYPE_INSTANT = 3
+TYPE_COUNTER = 4
+SEQ_INCREMENTAL_STATE_CLEARED = 1
+SEQ_NEEDS_INCREMENTAL_STATE = 2
+
+
+def varint(v: int) -> bytes:
+    """Unsigned LEB128; negative int64 values as their 64-bit two's complement."""
+    if 0 <= v < 0x80:
+        return _SMALL[v]
+    if v < 0:
+        v &= 0xFFFF_FFFF_FFFF_FFFF
+    out = bytearray()
+    while v > 0x7F:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _ld(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: tag, length, payload."""
+    return tag + varint(len(payload)) + payload
+
+
+class PacketEncoder:
+    """Encodes TrackEvent packets of one trusted sequence, interning names as it goes."""
+
+    def __init__(self, sequence_id: int) -> None:
+        seq = b"\x50" + varint(sequence_id)
+        self._first_prefix = seq + b"\x68" + varint(SEQ_INCREMENTAL_STATE_CLEARED)
+        self._prefix = seq + b"\x68" + varint(SEQ_NEEDS_INCREMENTAL_STATE)
+        self._first = True
+        self._names: dict[str, bytes] = {}
+        self._keys: dict[str, bytes] = {}
+        self._kind_track: dict[tuple[int, int], bytes] = {}
+
+    def _name(self, name: str, interned: list[bytes]) -> bytes:
+        enc = self._names.get(name)
+        if enc is None:
+            iid = varint(len(self._names) + 1)
+            entry = b"\x08" + iid + _ld(b"\x12", name.encode())
+            interned.append(_ld(b"\x12", entry))
+            enc = self._names[name] = b"\x50" + iid
+        return enc
+
+    def _key(self, key: str, interned: list[bytes]) -> bytes:
+        enc = self._keys.get(key)
+        if enc is None:
+            iid = varint(len(self._keys) + 1)
+            entry = b"\x08" + iid + _ld(b"\x12", key.encode())
+            interned.append(_ld(b"\x1a", entry))
+            enc = self._keys[key] = b"\x08" + iid
+        return enc
+
+    def _annotations(self, args: Mapping[str, Any], interned: list[bytes]) -> bytes:
+        parts = []
+        for key in sorted(args):
+            value = args[key]
+            if value is None:
+                continue
+            head = self._key(key, interned)
+            if value is True or value is False:
+                body = head + (b"\x10\x01" if value else b"\x10\x00")
+            elif isinstance(value, int):
+                body = head + b"\x20" + varint(value)
+            elif isinstance(value, float):
+                body = head + b"\x29" + _pack_double(value)
+            else:
+                body = head + _ld(b"\x32", str(value).encode())
+            parts.append(b"\x22" + varint(len(body)) + body)
+        return b"".join(parts)
+
+    def event(
+        self,
+        ts: int,
+        kind: int,
+        track: int,
+        name: str = "",
+        args: Mapping[str, Any] | None = None,
+        *,
+        intern_name: bool = True,
+        flows: tuple[int, ...] = (),
+        terminating: tuple[int, ...] = (),
+        value: float | None = None,
+    ) -> bytes:
+        """One framed ``Trace.packet`` holding a TrackEvent."""
+        kt = self._kind_track.get((kind, track))
+        if kt is None:
+            kt = self._kind_track[(kind, track)] = (
+                b"\x48" + varint(kind) + b"\x58" + varint(track)
+            )
+        interned: list[bytes] = []
+        te = kt
+        if name:
+            if intern_name:
+                te += self._name(name, interned)
+            else:
+                te += _ld(b"\xba\x01", name.encode())
+        if args:
+            te += self._annotations(args, interned)
+        for f in flows:
+            te += b"\xf9\x02" + _pack_fixed64(f)
+        for f in terminating:
+            te += b"\x81\x03" + _pack_fixed64(f)
+        if value is not None:
+            te += b"\xe1\x02" + _pack_double(value)
+        if self._first:
+            self._first = False
+            prefix = self._first_prefix
+        else:
+            prefix = self._prefix
+        body = b"\x40" + varint(ts) + prefix
+        if interned:
+            body += _ld(b"\x62", b"".join(interned))
+        body += b"\x5a" + varint(len(te)) + te
+        return b"\x0a" + varint(len(body)) + body
+
+    def end(self, ts: int, track: int) -> bytes:
+        """A slice end: the most frequent packet, so its bytes are assembled directly."""
+        kt = self._kind_track.get((TYPE_SLICE_END, track))
+        if kt is None:
+            kt = self._kind_track[(TYPE_SLICE_END, track)] = b"\x48\x02\x58" + varint(track)
+        body = b"\x40" + varint(ts) + self._prefix + b"\x5a" + varint(len(kt)) + kt
+        return b"\x0a" + varint(len(body)) + body
+
+
+def framed(packet_bytes: bytes) -> bytes:
+    """An already serialized TracePacket (e.g. a track descriptor) as ``Trace.packet``."""
+    return _ld(b"\x0a", packet_bytes)
