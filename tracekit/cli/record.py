@@ -87,6 +87,12 @@ def default_output(scenario: str) -> Path:
     hidden=True,
     help="Extra L1 kernel argument (e.g. tracekit.fault=panic, for tests).",
 )
+@click.option(
+    "--read-values",
+    is_flag=True,
+    help="Also stop where the probe set infers values, read them from memory and check "
+    "every inferred value against them (slower; proves the inference rules).",
+)
 @click.option("--console", "show_console", is_flag=True, help="Show the L1 console tail.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def record(
@@ -100,6 +106,7 @@ def record(
     probe_set: str,
     stall_timeout: float,
     kernel_args: tuple[str, ...],
+    read_values: bool,
     show_console: bool,
     as_json: bool,
 ) -> int:
@@ -130,6 +137,7 @@ def record(
         probe_set=probe_set,
         stall_timeout_s=stall_timeout,
         extra_kernel_args=kernel_args,
+        read_values=read_values,
     )
     with Live(console=err_console, refresh_per_second=4, transient=True) as live:
         recorder = Recorder(
@@ -143,6 +151,8 @@ def record(
     summary = summarize(read_trace(out))
     summary["output"] = str(out)
     summary["raw_dir"] = str(result.raw_dir)
+    merge_meta = result.meta.get("merge", {})
+    summary["inference"] = merge_meta.get("inference", {})
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     else:
@@ -166,6 +176,19 @@ def record(
     ]
     if result.ground_truth is not None:
         result.ground_truth.check()
+    disagreed = {k: v for k, v in summary["inference"].items() if k.endswith(".disagreed") and v}
+    if read_values:
+        agreed = sum(v for k, v in summary["inference"].items() if k.endswith(".agreed"))
+        err_console.print(
+            f"inferred values checked against memory reads: {agreed} agree, "
+            f"{sum(disagreed.values())} disagree"
+        )
+    if disagreed:
+        first = merge_meta.get("disagreements", [])[:1]
+        raise GroundTruthError(
+            f"inferred values disagree with what was read: {disagreed}"
+            + (f" (first: {first[0]})" if first else "")
+        )
     if mismatched:
         raise GroundTruthError(
             f"chains differ from the ground truth for {', '.join(mismatched)} (see {out})"

@@ -46,6 +46,8 @@ class ResolvedProbe:
     skip_entry: bool = False
     #: Added to the address at run time (nVHE hyp code: EL2 VA minus kernel VA).
     hyp_delta: int = 0
+    #: A debugger stop (``spec.mode == "stop"``, or inferred values read to check them).
+    stops: bool = False
 
     @property
     def name(self) -> str:
@@ -74,7 +76,7 @@ class ResolvedProbeSet:
         return {p.address: p for p in self.probes}
 
     def stop_probes(self) -> list[ResolvedProbe]:
-        return [p for p in self.probes if p.spec.mode == "stop"]
+        return [p for p in self.probes if p.stops]
 
 
 def _function_end(symbols: SymbolTable, start: int) -> int:
@@ -104,7 +106,11 @@ def _interior(spec: ProbeSpec, start: int, image: bytes, symbols: SymbolTable) -
 
 
 def _resolve_one(
-    spec: ProbeSpec, symbols: SymbolTable, image: bytes, offset_of: Callable[[str], int]
+    spec: ProbeSpec,
+    symbols: SymbolTable,
+    image: bytes,
+    offset_of: Callable[[str], int],
+    read_values: bool = False,
 ) -> tuple[ResolvedProbe, str | None]:
     candidates = (spec.symbol, *spec.fallbacks)
     used = next((s for s in candidates if symbols.has(s)), None)
@@ -127,17 +133,19 @@ def _resolve_one(
     addr = addrs[0] + spec.offset
     if spec.after_call or spec.instruction:
         addr = _interior(spec, addrs[0], image, symbols)
+    stops = spec.stops(read_values)
     captures = tuple(
         (name, to_gdb(expr, offset_of, f"probe {spec.name}: capture.{name}"))
         for name, expr in spec.capture.items()
+        if stops
     )
     skip = (
-        spec.mode == "stop"
+        stops
         and not (spec.after_call or spec.instruction or spec.offset)
         and instruction_at(image, symbols, addr) in SKIPPABLE
         and instruction_at(image, symbols, addr + 4) == NOP
     )
-    probe = ResolvedProbe(spec, addr, used, symbols.symbolize(addr), captures, skip)
+    probe = ResolvedProbe(spec, addr, used, symbols.symbolize(addr), captures, skip, stops=stops)
     return probe, (used if used != spec.symbol else None)
 
 
@@ -147,6 +155,8 @@ def resolve_probes(
     image: bytes,
     offset_of: Callable[[str], int],
     kvm_mode: str = "vhe",
+    *,
+    read_values: bool = False,
 ) -> ResolvedProbeSet:
     """Resolve every probe; raise SymbolError for a required probe or an uncovered phase."""
     resolved: list[ResolvedProbe] = []
@@ -156,7 +166,7 @@ def resolve_probes(
         if kvm_mode not in spec.kvm_modes:
             continue
         try:
-            probe, fallback = _resolve_one(spec, symbols, image, offset_of)
+            probe, fallback = _resolve_one(spec, symbols, image, offset_of, read_values)
         except SymbolError as exc:
             if spec.required:
                 raise

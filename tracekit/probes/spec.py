@@ -12,12 +12,16 @@ from typing import Literal
 from tracekit.config import from_mapping, load_toml, named_config
 from tracekit.errors import ConfigError
 
-__all__ = ["PHASES", "ExitDecoder", "ProbeSet", "ProbeSpec", "load_probe_set"]
+__all__ = ["INFERENCE_RULES", "PHASES", "ExitDecoder", "ProbeSet", "ProbeSpec", "load_probe_set"]
 
 #: The mission's phases, in order (docs/phases.md).
 PHASES = ("A", "B", "C", "D", "E", "F")
 
 Phase = Literal["A", "B", "C", "D", "E", "F"]
+
+#: Rules that give a probe's values from what the same L1 CPU did before, without a
+#: debugger stop (implemented and explained in tracekit/model/context.py).
+INFERENCE_RULES = ("resident_vcpu", "queued_target", "exit_vector")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,17 @@ class ProbeSpec:
     kvm_modes: tuple[str, ...] = ("vhe", "nvhe")
     #: nVHE hyp code: runs at an EL2 virtual address, translated at run time.
     hyp: bool = False
+    #: Value name -> inference rule (INFERENCE_RULES): the value comes from context
+    #: instead of a stop. A ``timing`` probe may keep ``capture`` for the same names:
+    #: ``record --read-values`` then stops there and checks the inference.
+    infer: dict[str, str] = field(default_factory=dict)
+    #: Constant values every execution of this probe implies (e.g. the exit code a hyp
+    #: vector entry sets).
+    implies: dict[str, int] = field(default_factory=dict)
+
+    def stops(self, read_values: bool = False) -> bool:
+        """Whether this probe is a debugger stop (``read_values``: also inferred ones)."""
+        return self.mode == "stop" or (read_values and bool(self.capture))
 
 
 @dataclass(frozen=True)
@@ -123,11 +138,19 @@ def load_probe_set(name_or_path: str = "linux-6.1", config_dir: Path | None = No
                     f"{path}: probe {p.name}: kvm mode {mode!r} unknown",
                     hint='use "vhe" and/or "nvhe"',
                 )
-        if p.mode == "timing" and p.capture:
+        unread = sorted(set(p.capture) - set(p.infer)) if p.mode == "timing" else []
+        if unread:
             raise ConfigError(
-                f"{path}: probe {p.name} captures values but is mode 'timing'",
-                hint="values need mode = 'stop' (a GDB breakpoint)",
+                f"{path}: probe {p.name} captures {', '.join(unread)} but is mode 'timing'"
+                " and does not infer them",
+                hint="values need mode = 'stop' (a GDB breakpoint) or an infer rule",
             )
+        for value, rule in p.infer.items():
+            if rule not in INFERENCE_RULES:
+                raise ConfigError(
+                    f"{path}: probe {p.name}: infer.{value} rule {rule!r} unknown",
+                    hint=f"use one of {', '.join(INFERENCE_RULES)}",
+                )
     try:
         decoder = ExitDecoder(
             {int(k, 0): v for k, v in raw.exit_codes.items()},

@@ -7,6 +7,11 @@ GDB's step over it then executes it, and the instruction count does not advance 
 VM is stopped). A probe that resumes past its patchable entry (``skip_entry``) is
 stamped at the next instruction, which runs right after the stop. Unmatched items on
 either side are counted, never silently dropped.
+
+An exception record (QEMU ``-d int``) whose vector address is a probe's is paired with
+that CPU's next probe timing, which must be that very vector entry (the CPU executes it
+right after taking the exception): the probe event then carries the exception's
+syndrome (``esr``), return address (``elr``) and QEMU exception number (``excp``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracekit.model.events import RawEvent
-from tracekit.record.qemulog import GicEvent, LogStats, ProbeTiming, parse_qemu_log
+from tracekit.record.qemulog import (
+    ExceptionRecord,
+    GicEvent,
+    LogStats,
+    parse_qemu_log,
+)
 
 __all__ = ["GdbHit", "MergeStats", "ProbeInfo", "merge"]
 
@@ -30,6 +40,8 @@ class ProbeInfo:
     phase: str
     role: str
     mode: str
+    #: Constant values every execution implies (ProbeSpec.implies).
+    implies: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -59,7 +71,15 @@ class MergeStats:
     stop_timings_without_hit: int = 0
     unknown_pcs: int = 0
     discarded_non_host: int = 0
+    #: Exception records paired with their vector's probe timing, and those whose vector
+    #: probe did not come next on that CPU (should be 0).
+    exceptions_paired: int = 0
+    exceptions_unpaired: int = 0
     per_probe: dict[str, int] = field(default_factory=dict)
+    #: Value inference (tracekit/model/context.py), filled by the pipeline.
+    inference: dict[str, int] = field(default_factory=dict)
+    #: A few (probe, value, read, inferred, t) where a read value contradicted inference.
+    disagreements: list[tuple[str, str, int, int, int]] = field(default_factory=list)
 
 
 def merge(
@@ -76,16 +96,27 @@ def merge(
         st.gdb_hits += 1
         pending[(hit.cpu, hit.probe)].append(hit)
     events: list[RawEvent] = []
+    exception: dict[int, ExceptionRecord] = {}
     for item in parse_qemu_log(log_lines, st.log):
         if isinstance(item, GicEvent):
             events.append(RawEvent(item.t, item.cpu, "gic", item.name, item.role, "", item.values))
             continue
-        assert isinstance(item, ProbeTiming)
+        if isinstance(item, ExceptionRecord):
+            if item.vector_pc in by_pc:
+                exception[item.cpu] = item
+            continue
         probe = by_pc.get(item.pc)
+        taken = exception.pop(item.cpu, None)
+        if taken is not None and taken.vector_pc != item.pc:
+            st.exceptions_unpaired += 1
+            taken = None
         if probe is None:
             st.unknown_pcs += 1
             continue
-        values: Mapping[str, int] = {}
+        values: Mapping[str, int] = dict(probe.implies)
+        if taken is not None:
+            st.exceptions_paired += 1
+            values = {**values, **_exception_values(taken)}
         if probe.mode == "stop":
             queue = pending.get((item.cpu, probe.name))
             if not queue:
@@ -95,7 +126,7 @@ def merge(
             if not hit.host:
                 st.discarded_non_host += 1
                 continue
-            values = hit.values
+            values = {**values, **hit.values}
         st.per_probe[probe.name] = st.per_probe.get(probe.name, 0) + 1
         events.append(
             RawEvent(item.t, item.cpu, "probe", probe.name, probe.role, probe.phase, values)
@@ -105,3 +136,12 @@ def merge(
     events.sort(key=lambda e: e.t)
     st.events = len(events)
     return events
+
+
+def _exception_values(rec: ExceptionRecord) -> dict[str, int]:
+    values = {"excp": rec.excp}
+    if rec.esr is not None:
+        values["esr"] = rec.esr
+    if rec.elr is not None:
+        values["elr"] = rec.elr
+    return values

@@ -15,6 +15,7 @@ from typing import Any
 from tracekit.errors import TraceFileError
 from tracekit.export.perfetto import export_trace
 from tracekit.model.chains import Reconstruction, reconstruct
+from tracekit.model.context import infer_values
 from tracekit.model.events import RawEvent, read_events, write_events
 from tracekit.probes.spec import ExitDecoder, load_probe_set
 from tracekit.record.merge import GdbHit, MergeStats, ProbeInfo, merge
@@ -36,11 +37,20 @@ def _classes(meta: dict[str, Any]) -> dict[tuple[int, int], str]:
 
 
 def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeStats]:
-    """Merge hits.jsonl and qemu.log again (tolerates a torn last line)."""
+    """Merge hits.jsonl and qemu.log again (tolerates a torn last line), then infer
+    the values the probe set says follow from context (model/context.py)."""
     probes = [
-        ProbeInfo(p["name"], int(p["address"]), p["phase"], p["role"], p["mode"])
+        ProbeInfo(
+            p["name"],
+            int(p["address"]),
+            p["phase"],
+            p["role"],
+            p["mode"],
+            {str(k): int(v) for k, v in dict(p.get("implies", {})).items()},
+        )
         for p in meta.get("probes", [])
     ]
+    rules = {str(p["name"]): dict(p["infer"]) for p in meta.get("probes", []) if p.get("infer")}
     hits: list[GdbHit] = []
     hits_path = raw_dir / "hits.jsonl"
     if hits_path.exists():
@@ -53,6 +63,13 @@ def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeS
     log_path = raw_dir / "qemu.log"
     lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
     events = merge(hits, lines, probes, stats)
+    irq_code = meta.get("irq_exit_code")
+    inferred = infer_values(
+        events, rules, irq_exit_code=int(irq_code) if irq_code is not None else None
+    )
+    events = inferred.events
+    stats.inference = dict(sorted(inferred.stats.items()))
+    stats.disagreements = inferred.disagreements
     with (raw_dir / "events.jsonl").open("w") as out:
         write_events(events, out)
     return events, stats

@@ -1,9 +1,13 @@
-"""Parse QEMU's log (``-D``): the timebase plugin's lines and GICv3 trace events (pure).
+"""Parse QEMU's log (``-D``): the timebase plugin's lines, GICv3 trace events and
+exception records (pure).
 
 Under ``-icount`` all vCPUs run round-robin on one thread, so the log is in execution
 order: a trace event raised by a GIC system-register access comes right after the plugin's
 ``TKS`` marker for that access and takes its timestamp. Formats are QEMU 7.2's
-``hw/intc/trace-events`` (log backend).
+``hw/intc/trace-events`` (log backend) and, for ``-d int``, ``arm_log_exception`` /
+``arm_cpu_do_interrupt_aarch64`` in target/arm/helper.c: an exception record is written
+while the CPU takes the exception, before the first instruction of its vector runs, so it
+carries no time of its own (the merge pairs it with the vector's probe timing).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-__all__ = ["GicEvent", "LogStats", "ProbeTiming", "parse_qemu_log"]
+__all__ = ["ExceptionRecord", "GicEvent", "LogStats", "ProbeTiming", "parse_qemu_log"]
 
 _PREFIX = re.compile(r"^\d+@\d+\.\d+:")
 _LR_WRITE = re.compile(r"ICH_LR(\d+)_EL2 write cpu 0x([0-9a-f]+) value 0x([0-9a-f]+)")
@@ -21,6 +25,11 @@ _EOIR = re.compile(r"ICV_EOIR(\d) write cpu 0x([0-9a-f]+) value 0x([0-9a-f]+)")
 _SGI = re.compile(
     r"CPU i/f 0x([0-9a-f]+) generating SGI (\d+) IRM (\d+) .*targetlist 0x([0-9a-f]+)"
 )
+_TAKING = re.compile(r"^Taking exception (\d+) \[([^\]]*)\] on CPU (\d+)")
+_FROM_TO = re.compile(r"^\.\.\.from EL(\d) to EL(\d)")
+_WITH_ESR = re.compile(r"^\.\.\.with ESR 0x([0-9a-f]+)/0x([0-9a-f]+)")
+_WITH_ELR = re.compile(r"^\.\.\.with ELR 0x([0-9a-f]+)")
+_TO_PC = re.compile(r"^\.\.\.to EL(\d) PC 0x([0-9a-f]+)")
 
 
 @dataclass(frozen=True)
@@ -39,11 +48,30 @@ class GicEvent:
     values: dict[str, int]
 
 
+@dataclass(frozen=True)
+class ExceptionRecord:
+    """One exception QEMU took (``-d int``): where from, where to, and its syndrome."""
+
+    cpu: int
+    #: QEMU's exception number (target/arm/cpu.h EXCP_*) and its log name.
+    excp: int
+    name: str
+    from_el: int
+    to_el: int
+    #: The vector address the CPU continued at (VBAR_ELx + entry offset).
+    vector_pc: int
+    #: ESR_ELx as written for this exception (meaningful for synchronous ones only).
+    esr: int | None
+    #: ELR_ELx: where the interrupted code resumes.
+    elr: int | None
+
+
 @dataclass
 class LogStats:
     lines: int = 0
     probe_lines: int = 0
     gic_events: int = 0
+    exceptions: int = 0
     ignored: int = 0
     untimed_gic: int = 0
     end_t: int | None = None
@@ -65,10 +93,14 @@ def _lr_values(lr: int, value: int) -> dict[str, int]:
 def parse_qemu_log(
     lines: Iterable[str],
     stats: LogStats | None = None,
-) -> Iterator[ProbeTiming | GicEvent]:
-    """Yield probe timings and timed GIC events in log order; never raises on bad lines."""
+) -> Iterator[ProbeTiming | GicEvent | ExceptionRecord]:
+    """Yield probe timings, timed GIC events and exception records in log order.
+
+    Never raises on bad lines.
+    """
     st = stats if stats is not None else LogStats()
     marker: dict[int, int] = {}
+    taking: dict[str, int | str | None] | None = None
     for raw in lines:
         st.lines += 1
         line = _PREFIX.sub("", raw.strip())
@@ -84,6 +116,14 @@ def parse_qemu_log(
                 marker[int(cpu)] = int(t)
             elif line.startswith("TKE "):
                 st.end_t = int(line.split()[1])
+            elif line.startswith("Taking exception ") and (m := _TAKING.match(line)):
+                taking = {"excp": int(m.group(1)), "name": m.group(2), "cpu": int(m.group(3))}
+            elif line.startswith("...") and taking is not None:
+                record = _exception_line(line, taking)
+                if record is not None:
+                    taking = None
+                    st.exceptions += 1
+                    yield record
             elif line.startswith("gicv3_"):
                 ev = _gic(line, marker)
                 if ev is None:
@@ -99,6 +139,37 @@ def parse_qemu_log(
             st.ignored += 1
             if len(st.errors) < 5:
                 st.errors.append(f"unparsable log line {line[:60]!r}")
+
+
+def _exception_line(line: str, taking: dict[str, int | str | None]) -> ExceptionRecord | None:
+    """Add one ``...`` line to the record being read; the ``...to ELn PC`` line ends it."""
+    if m := _FROM_TO.match(line):
+        taking["from_el"], taking["to_el"] = int(m.group(1)), int(m.group(2))
+    elif m := _WITH_ESR.match(line):
+        taking["esr"] = int(m.group(2), 16)
+    elif m := _WITH_ELR.match(line):
+        taking["elr"] = int(m.group(1), 16)
+    elif m := _TO_PC.match(line):
+
+        def num(key: str) -> int:
+            value = taking.get(key)
+            return value if isinstance(value, int) else -1
+
+        def opt(key: str) -> int | None:
+            value = taking.get(key)
+            return value if isinstance(value, int) else None
+
+        return ExceptionRecord(
+            num("cpu"),
+            num("excp"),
+            str(taking.get("name", "")),
+            num("from_el"),
+            int(m.group(1)),
+            int(m.group(2), 16),
+            opt("esr"),
+            opt("elr"),
+        )
+    return None
 
 
 def _gic(line: str, marker: dict[int, int]) -> GicEvent | None:

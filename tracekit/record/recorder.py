@@ -76,6 +76,8 @@ class RecordOptions:
     stall_timeout_s: float = 60.0
     #: Extra L1 kernel command-line arguments (fault injection in tests).
     extra_kernel_args: tuple[str, ...] = ()
+    #: Also stop where values are inferred, read them, and check the inference.
+    read_values: bool = False
 
 
 @dataclass
@@ -122,12 +124,17 @@ def _offset_resolver(assets: GuestAssets) -> Callable[[str], int]:
 
 
 def resolve_for(
-    assets: GuestAssets, probe_set: str, kvm_mode: str = "vhe"
+    assets: GuestAssets, probe_set: str, kvm_mode: str = "vhe", *, read_values: bool = False
 ) -> tuple[ResolvedProbeSet, SymbolTable]:
     symbols = SymbolTable.from_json(Path(assets.symbols).read_text())
     image = assets.image_path.read_bytes()
     resolved = resolve_probes(
-        load_probe_set(probe_set), symbols, image, _offset_resolver(assets), kvm_mode
+        load_probe_set(probe_set),
+        symbols,
+        image,
+        _offset_resolver(assets),
+        kvm_mode,
+        read_values=read_values,
     )
     return resolved, symbols
 
@@ -143,7 +150,9 @@ def _probe_meta(probes: ResolvedProbeSet) -> list[dict[str, Any]]:
             "location": p.location,
             "phase": p.spec.phase,
             "role": p.spec.role,
-            "mode": p.spec.mode,
+            "mode": "stop" if p.stops else "timing",
+            "infer": dict(p.spec.infer),
+            "implies": dict(p.spec.implies),
         }
         for p in probes.probes
     ]
@@ -200,7 +209,10 @@ class Recorder:
         self.stats.phase = "resolving probes"
         self.on_update(self.stats)
         probes, self._symbols = resolve_for(
-            self.assets, self.opts.probe_set, self.opts.profile.kvm_mode
+            self.assets,
+            self.opts.probe_set,
+            self.opts.profile.kvm_mode,
+            read_values=self.opts.read_values,
         )
         for name, why in probes.skipped:
             log.warning("probe %s skipped: %s", name, why)
@@ -365,6 +377,8 @@ class Recorder:
             paused=True,
             qmp=True,
             gdb=True,
+            # Exception records: the guest's syndrome at each exit without a stop.
+            log_items=("int",),
             plugin=plugin,
             plugin_args=(f"probes={self.raw_dir / 'probes.txt'}",),
             log_file=self.raw_dir / "qemu.log",
@@ -385,6 +399,8 @@ class Recorder:
             "probes_skipped": [list(x) for x in probes.skipped],
             "host_el": self.host_el,
             "probe_set": self.opts.probe_set,
+            "read_values": self.opts.read_values,
+            "irq_exit_code": self._irq_exit_code(),
         }
         truth: GroundTruth | None = None
         ended_by = "unknown"
@@ -457,6 +473,10 @@ class Recorder:
             "hits_without_timing": mstats.hits_without_timing,
             "stop_timings_without_hit": mstats.stop_timings_without_hit,
             "unknown_pcs": mstats.unknown_pcs,
+            "exceptions_paired": mstats.exceptions_paired,
+            "exceptions_unpaired": mstats.exceptions_unpaired,
+            "inference": mstats.inference,
+            "disagreements": mstats.disagreements,
             "gic_events": mstats.log.gic_events,
             "untimed_gic": mstats.log.untimed_gic,
             "end_t": mstats.log.end_t,
@@ -466,6 +486,10 @@ class Recorder:
         return RecordResult(
             self.opts.output, self.raw_dir, events, truth, meta, mstats, ended_by, incomplete
         )
+
+    def _irq_exit_code(self) -> int | None:
+        codes = load_probe_set(self.opts.probe_set).decoder.exit_codes
+        return next((code for code, name in codes.items() if name == "IRQ"), None)
 
     @staticmethod
     def _needs_hyp(probes: ResolvedProbeSet) -> bool:

@@ -1,0 +1,141 @@
+"""Value inference: a probe's values from what its L1 CPU did before, without a stop (pure).
+
+A debugger stop costs milliseconds (QEMU 7.2 flushes its whole translation cache on every
+breakpoint stop: gdbstub.c, gdb_vm_state_change), so values that follow from context are
+inferred instead of read. The probe set names, per probe and value, the rule to use
+(``infer.VALUE = RULE`` in configs/probes/*.toml):
+
+``resident_vcpu``
+    The vCPU resident on this L1 CPU: set by ``kvm_arch_vcpu_load`` (a stop that reads
+    ``vcpu_idx``), cleared by ``kvm_arch_vcpu_put``. They bracket every stretch a vCPU
+    runs on a CPU, at KVM_RUN (vcpu_load()/vcpu_put()) and when its thread is preempted
+    or migrated (preempt notifiers kvm_sched_in/kvm_sched_out, virt/kvm/kvm_main.c).
+``queued_target``
+    The target of this CPU's last ``vgic_queue_irq_unlock``, which ends with
+    ``kvm_vcpu_kick(vcpu)`` for the vCPU it queued to (arch/arm64/kvm/vgic/vgic.c).
+``exit_vector``
+    The exit of the event's vCPU: the exit code its last hyp vector entry implies, and
+    for a trap the syndrome QEMU reported when it took that exception to EL2 (the value
+    ``fixup_guest_exit`` copies to ``vcpu->arch.fault.esr_el2``). Tracked per vCPU, not
+    per CPU, because the thread may migrate between the exit and ``handle_exit``
+    (preemption is enabled in between, arm.c). A guest entry with no vector after it
+    returned early (``__guest_enter`` returns ARM_EXCEPTION_IRQ when an interrupt is
+    already pending, hyp/entry.S): its exit code is IRQ and it has no syndrome.
+
+When a value was also read (``record --read-values``), the read value is kept and the
+inferred one is compared with it: ``agreed``/``disagreed`` counts prove the rules on a
+real recording.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from tracekit.model.events import RawEvent
+
+__all__ = ["InferenceResult", "infer_values"]
+
+VECTOR_ROLES = ("vector_sync", "vector_irq")
+
+
+@dataclass
+class InferenceResult:
+    events: list[RawEvent]
+    #: ``VALUE.inferred|agreed|disagreed|unknown`` -> count.
+    stats: Counter[str] = field(default_factory=Counter)
+    #: A few disagreements, for the report: (probe, value, read, inferred, t).
+    disagreements: list[tuple[str, str, int, int, int]] = field(default_factory=list)
+
+
+@dataclass
+class _State:
+    resident: dict[int, int] = field(default_factory=dict)
+    queued: dict[int, int] = field(default_factory=dict)
+    #: vCPU -> (exit code, syndrome or None) of its latest exit (or early return).
+    exit: dict[int, tuple[int | None, int | None]] = field(default_factory=dict)
+
+
+def infer_values(
+    events: Sequence[RawEvent],
+    rules: Mapping[str, Mapping[str, str]],
+    *,
+    irq_exit_code: int | None = None,
+) -> InferenceResult:
+    """Fill in inferred values, in time order (``events`` sorted by ``t``).
+
+    ``rules``: probe name -> {value name -> rule}. ``irq_exit_code``: the exit code of an
+    early return from guest entry (ARM_EXCEPTION_IRQ, from the probe set's exit codes).
+    """
+    result = InferenceResult([])
+    st = _State()
+    for raw in events:
+        ev = raw
+        if ev.source == "probe":
+            wanted = rules.get(ev.name)
+            if wanted:
+                ev = _apply(ev, wanted, st, result)
+            _update(ev, st, irq_exit_code)
+        result.events.append(ev)
+    return result
+
+
+def _apply(
+    ev: RawEvent, wanted: Mapping[str, str], st: _State, result: InferenceResult
+) -> RawEvent:
+    values = dict(ev.values)
+    # The vCPU first: exit_vector looks up the exit of the event's own vCPU.
+    order = sorted(wanted.items(), key=lambda kv: kv[1] == "exit_vector")
+    for name, rule in order:
+        guess: int | None
+        if rule == "resident_vcpu":
+            guess = st.resident.get(ev.cpu)
+        elif rule == "queued_target":
+            guess = st.queued.get(ev.cpu)
+        else:  # exit_vector
+            vcpu = values.get("vcpu")
+            code, esr = st.exit.get(vcpu, (None, None)) if vcpu is not None else (None, None)
+            guess = code if name == "exit_code" else esr
+            if name != "exit_code" and guess is None and code is not None:
+                continue  # no syndrome for an IRQ exit: nothing to infer or to check
+        read = values.get(name)
+        if guess is None:
+            result.stats[f"{name}.unknown"] += 1
+        elif read is None:
+            values[name] = guess
+            result.stats[f"{name}.inferred"] += 1
+        elif read == guess:
+            result.stats[f"{name}.agreed"] += 1
+        else:
+            result.stats[f"{name}.disagreed"] += 1
+            if len(result.disagreements) < 10:
+                result.disagreements.append((ev.name, name, read, guess, ev.t))
+    if values == ev.values:
+        return ev
+    return RawEvent(ev.t, ev.cpu, ev.source, ev.name, ev.role, ev.phase, values)
+
+
+def _update(ev: RawEvent, st: _State, irq_exit_code: int | None) -> None:
+    role, cpu = ev.role, ev.cpu
+    if role == "vcpu_load":
+        vcpu = ev.values.get("vcpu")
+        if vcpu is None:
+            st.resident.pop(cpu, None)
+        else:
+            st.resident[cpu] = vcpu
+    elif role == "vcpu_put":
+        st.resident.pop(cpu, None)
+    elif role == "queue":
+        target = ev.values.get("target_vcpu")
+        if target is not None:
+            st.queued[cpu] = target
+    elif role == "enter":
+        vcpu = st.resident.get(cpu)
+        if vcpu is not None:
+            st.exit[vcpu] = (irq_exit_code, None)
+    elif role in VECTOR_ROLES:
+        vcpu = st.resident.get(cpu)
+        if vcpu is not None:
+            esr = ev.values.get("esr") if role == "vector_sync" else None
+            st.exit[vcpu] = (ev.values.get("exit_code"), esr)
