@@ -62,8 +62,8 @@ FLOW_BASE = 0x10000
 BUCKET_NS = 100_000
 #: Input events between two releases of buffered slices (amortizes the low-water scan).
 RELEASE_EVERY = 2048
-#: Encoded bytes gathered before one write to the output.
-WRITE_CHUNK = 1 << 20
+#: Encoded packets gathered before one write to the output (a few MB).
+WRITE_PACKETS = 50_000
 _LR_STATES = {0: "invalid", 1: "pending", 2: "active", 3: "pending+active"}
 _META_KEYS = (
     "scenario",
@@ -83,25 +83,20 @@ _META_KEYS = (
 
 
 class _Sink:
-    """Gathers encoded packets and writes them in large chunks."""
+    """Gathers encoded packets (``add`` is the list's own append, for speed) and writes
+    them in large chunks when the exporter calls ``flush``."""
 
     def __init__(self, out: IO[bytes]) -> None:
         self.out = out
         self.parts: list[bytes] = []
-        self.size = 0
+        self.add = self.parts.append
         self.packets = 0
 
-    def add(self, data: bytes) -> None:
-        self.parts.append(data)
-        self.packets += 1
-        self.size += len(data)
-        if self.size > WRITE_CHUNK:
-            self.flush()
-
-    def flush(self) -> None:
-        self.out.write(b"".join(self.parts))
-        self.parts.clear()
-        self.size = 0
+    def flush(self, *, force: bool = True) -> None:
+        if force or len(self.parts) > WRITE_PACKETS:
+            self.packets += len(self.parts)
+            self.out.write(b"".join(self.parts))
+            self.parts.clear()
 
 
 class _Nest:
@@ -140,7 +135,7 @@ class _Nest:
     def release(self, low: int) -> None:
         buf = self.buf
         if buf:
-            buf.sort(key=lambda it: it[:4])
+            buf.sort()  # the first four fields decide: the creation order is unique
             n = 0
             for it in buf:
                 if it[0] >= low:
@@ -297,9 +292,7 @@ class _Exporter:
             "ground_truth": json.dumps(gt.get("per_class") if isinstance(gt, dict) else None),
             "incomplete_reason": meta.get("incomplete_reason"),
         }
-        self.sink.add(
-            self.enc.event(t0, TYPE_INSTANT, self.meta_track, "tracekit recording", args)
-        )
+        self.sink.add(self.enc.event(t0, TYPE_INSTANT, self.meta_track, "tracekit recording", args))
         self.meta_written = True
 
     def _describe(self, code: int | None, esr: int | None) -> tuple[str, dict[str, Any]]:
@@ -322,10 +315,10 @@ class _Exporter:
         """Probe hits, GIC events and the exit-rate counters, straight from the event."""
         cpu_tracks = self.cpu.get(ev.cpu) or self._cpu(ev.cpu)
         if ev.source == "probe":
+            values = ev.values
+            key = (ev.cpu, ev.name, ev.phase, *values.items())
             self.sink.add(
-                self.enc.event(
-                    ev.t, TYPE_INSTANT, cpu_tracks[1], ev.name, {"phase": ev.phase, **ev.values}
-                )
+                self.enc.instant(key, ev.t, cpu_tracks[1], ev.name, {"phase": ev.phase, **values})
             )
             if ev.role == "handle_exit":
                 self._count_exit(ev)
@@ -347,9 +340,9 @@ class _Exporter:
         elif role == "lr_write":
             state = _LR_STATES[vals.get("state", 0) & 3]
             self.sink.add(
-                self.enc.event(
+                self.enc.instant(
+                    (ev.cpu, *vals.items()),
                     ev.t,
-                    TYPE_INSTANT,
                     cpu_tracks[3],
                     f"ICH_LR{vals.get('lr')} <- vINTID {vals.get('vintid')} ({state})",
                     {"value": f"{vals.get('value', 0):#018x}", "hw": vals.get("hw")},
@@ -443,7 +436,7 @@ class _Exporter:
             self.in_guest.setdefault(ent.vcpu, []).append([ent.eret_t, ent.cpu, None])
 
     def resolve_in_guest(self, exits_low: int | None) -> None:
-        """"in guest" lasts from an eret to the vCPU's next exit; final once no exit yet
+        """ "in guest" lasts from an eret to the vCPU's next exit; final once no exit yet
         to close can start before the one found (``None``: end of stream)."""
         for v, pend in self.in_guest.items():
             if not pend:
@@ -525,6 +518,7 @@ class _Exporter:
     def release(self, low: int) -> None:
         for nest in self.nests:
             nest.release(low)
+        self.sink.flush(force=False)
 
     def finish(self) -> dict[str, int]:
         self.resolve_in_guest(None)

@@ -25,7 +25,7 @@ from typing import Any
 
 __all__ = ["PacketEncoder", "framed", "varint"]
 
-_SMALL = [bytes((i,)) for i in range(128)]
+_TABLE = [bytes((i,)) if i < 0x80 else bytes(((i & 0x7F) | 0x80, i >> 7)) for i in range(0x4000)]
 _pack_double = struct.Struct("<d").pack
 _pack_fixed64 = struct.Struct("<Q").pack
 
@@ -39,8 +39,25 @@ SEQ_NEEDS_INCREMENTAL_STATE = 2
 
 def varint(v: int) -> bytes:
     """Unsigned LEB128; negative int64 values as their 64-bit two's complement."""
-    if 0 <= v < 0x80:
-        return _SMALL[v]
+    # Unrolled for the common sizes (lengths, iids, timestamps up to 2**35 ns).
+    if 0 <= v < 0x4000:
+        return _TABLE[v]
+    if 0 < v < 0x8_0000_0000:
+        if v < 0x20_0000:
+            return bytes(((v & 0x7F) | 0x80, ((v >> 7) & 0x7F) | 0x80, v >> 14))
+        if v < 0x1000_0000:
+            return bytes(
+                ((v & 0x7F) | 0x80, ((v >> 7) & 0x7F) | 0x80, ((v >> 14) & 0x7F) | 0x80, v >> 21)
+            )
+        return bytes(
+            (
+                (v & 0x7F) | 0x80,
+                ((v >> 7) & 0x7F) | 0x80,
+                ((v >> 14) & 0x7F) | 0x80,
+                ((v >> 21) & 0x7F) | 0x80,
+                v >> 28,
+            )
+        )
     if v < 0:
         v &= 0xFFFF_FFFF_FFFF_FFFF
     out = bytearray()
@@ -67,6 +84,11 @@ class PacketEncoder:
         self._names: dict[str, bytes] = {}
         self._keys: dict[str, bytes] = {}
         self._kind_track: dict[tuple[int, int], bytes] = {}
+        #: Repeating instants: caller's key -> the encoded ``track_event`` field.
+        self._tails: dict[Any, bytes] = {}
+        self._end_tails: dict[int, bytes] = {}
+        #: (annotation name, value, type) -> the encoded DebugAnnotation field.
+        self._pairs: dict[tuple[str, Any, type], bytes] = {}
 
     def _name(self, name: str, interned: list[bytes]) -> bytes:
         enc = self._names.get(name)
@@ -87,21 +109,30 @@ class PacketEncoder:
         return enc
 
     def _annotations(self, args: Mapping[str, Any], interned: list[bytes]) -> bytes:
+        cache = self._pairs
         parts = []
         for key in sorted(args):
             value = args[key]
             if value is None:
                 continue
-            head = self._key(key, interned)
-            if value is True or value is False:
-                body = head + (b"\x10\x01" if value else b"\x10\x00")
-            elif isinstance(value, int):
-                body = head + b"\x20" + varint(value)
-            elif isinstance(value, float):
-                body = head + b"\x29" + _pack_double(value)
-            else:
-                body = head + _ld(b"\x32", str(value).encode())
-            parts.append(b"\x22" + varint(len(body)) + body)
+            # True == 1 as a dict key: the type keeps a bool from reusing an int's bytes.
+            ck = (key, value, value.__class__)
+            enc = cache.get(ck)
+            if enc is None:
+                head = self._key(key, interned)
+                if value is True or value is False:
+                    body = head + (b"\x10\x01" if value else b"\x10\x00")
+                elif isinstance(value, int):
+                    body = head + b"\x20" + varint(value)
+                elif isinstance(value, float):
+                    body = head + b"\x29" + _pack_double(value)
+                else:
+                    body = head + _ld(b"\x32", str(value).encode())
+                enc = b"\x22" + varint(len(body)) + body
+                if len(cache) > 100_000:  # bounded: values that never repeat
+                    cache.clear()
+                cache[ck] = enc
+            parts.append(enc)
         return b"".join(parts)
 
     def event(
@@ -120,9 +151,7 @@ class PacketEncoder:
         """One framed ``Trace.packet`` holding a TrackEvent."""
         kt = self._kind_track.get((kind, track))
         if kt is None:
-            kt = self._kind_track[(kind, track)] = (
-                b"\x48" + varint(kind) + b"\x58" + varint(track)
-            )
+            kt = self._kind_track[(kind, track)] = b"\x48" + varint(kind) + b"\x58" + varint(track)
         interned: list[bytes] = []
         te = kt
         if name:
@@ -138,6 +167,9 @@ class PacketEncoder:
             te += b"\x81\x03" + _pack_fixed64(f)
         if value is not None:
             te += b"\xe1\x02" + _pack_double(value)
+        return self._packet(ts, interned, b"\x5a" + varint(len(te)) + te)
+
+    def _packet(self, ts: int, interned: list[bytes], tail: bytes) -> bytes:
         if self._first:
             self._first = False
             prefix = self._first_prefix
@@ -146,15 +178,34 @@ class PacketEncoder:
         body = b"\x40" + varint(ts) + prefix
         if interned:
             body += _ld(b"\x62", b"".join(interned))
-        body += b"\x5a" + varint(len(te)) + te
+        body += tail
         return b"\x0a" + varint(len(body)) + body
+
+    def instant(self, key: Any, ts: int, track: int, name: str, args: Mapping[str, Any]) -> bytes:
+        """An instant whose track, name and arguments repeat (probe hits, GIC events):
+        ``key`` (hashable, standing for all three) finds their bytes encoded once."""
+        tail = self._tails.get(key)
+        if tail is not None:
+            body = b"\x40" + varint(ts) + self._prefix + tail
+            return b"\x0a" + varint(len(body)) + body
+        interned: list[bytes] = []
+        te = (
+            b"\x48" + varint(TYPE_INSTANT) + b"\x58" + varint(track)
+            + self._name(name, interned) + self._annotations(args, interned)
+        )  # fmt: skip
+        tail = b"\x5a" + varint(len(te)) + te
+        if len(self._tails) > 100_000:  # bounded: arguments that never repeat
+            self._tails.clear()
+        self._tails[key] = tail
+        return self._packet(ts, interned, tail)
 
     def end(self, ts: int, track: int) -> bytes:
         """A slice end: the most frequent packet, so its bytes are assembled directly."""
-        kt = self._kind_track.get((TYPE_SLICE_END, track))
-        if kt is None:
-            kt = self._kind_track[(TYPE_SLICE_END, track)] = b"\x48\x02\x58" + varint(track)
-        body = b"\x40" + varint(ts) + self._prefix + b"\x5a" + varint(len(kt)) + kt
+        tail = self._end_tails.get(track)
+        if tail is None:
+            kt = b"\x48\x02\x58" + varint(track)
+            tail = self._end_tails[track] = self._prefix + b"\x5a" + varint(len(kt)) + kt
+        body = b"\x40" + varint(ts) + tail
         return b"\x0a" + varint(len(body)) + body
 
 
