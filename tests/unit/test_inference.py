@@ -131,6 +131,23 @@ def test_read_values_are_kept_and_checked() -> None:
     assert result.disagreements == [("kick", "vcpu", 1, 0, 4)]
 
 
+def test_kick_after_queues_to_different_vcpus_is_left_unknown() -> None:
+    # A timer interrupt queued to vCPU 0 in the middle of a queue to vCPU 1: seen in a
+    # real recording, where the kicks then came in the order 1, 0.
+    events = [
+        _ev(1, 0, "q", "queue", target_vcpu=1),
+        _ev(2, 0, "q", "queue", target_vcpu=0),
+        _ev(3, 0, "kick", "kick"),
+        _ev(4, 0, "kick", "kick"),
+        _ev(5, 0, "q", "queue", target_vcpu=0),
+        _ev(6, 0, "q", "queue", target_vcpu=0),
+        _ev(7, 0, "kick", "kick"),
+    ]
+    result = infer_values(events, RULES)
+    assert [e.values.get("vcpu") for e in result.events if e.role == "kick"] == [None, None, 0]
+    assert result.stats["vcpu.unknown"] == 2
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

@@ -11,8 +11,11 @@ inferred instead of read. The probe set names, per probe and value, the rule to 
     runs on a CPU, at KVM_RUN (vcpu_load()/vcpu_put()) and when its thread is preempted
     or migrated (preempt notifiers kvm_sched_in/kvm_sched_out, virt/kvm/kvm_main.c).
 ``queued_target``
-    The target of this CPU's last ``vgic_queue_irq_unlock``, which ends with
-    ``kvm_vcpu_kick(vcpu)`` for the vCPU it queued to (arch/arm64/kvm/vgic/vgic.c).
+    The target of the ``vgic_queue_irq_unlock`` calls on this CPU since its previous
+    kick: the function ends with ``kvm_vcpu_kick(vcpu)`` for the vCPU it queued to
+    (arch/arm64/kvm/vgic/vgic.c). When those calls name different vCPUs (an interrupt
+    handler queued in the middle of another queue, or a queue that returned without a
+    kick), the kick is ambiguous and its vCPU stays unknown rather than guessed.
 ``exit_vector``
     The exit of the event's vCPU: the exit code its last hyp vector entry implies, and
     for a trap the syndrome QEMU reported when it took that exception to EL2 (the value
@@ -52,7 +55,8 @@ class InferenceResult:
 @dataclass
 class _State:
     resident: dict[int, int] = field(default_factory=dict)
-    queued: dict[int, int] = field(default_factory=dict)
+    #: CPU -> targets of the queues since that CPU's last kick.
+    queued: dict[int, set[int]] = field(default_factory=dict)
     #: vCPU -> (exit code, syndrome or None) of its latest exit (or early return).
     exit: dict[int, tuple[int | None, int | None]] = field(default_factory=dict)
 
@@ -92,7 +96,8 @@ def _apply(
         if rule == "resident_vcpu":
             guess = st.resident.get(ev.cpu)
         elif rule == "queued_target":
-            guess = st.queued.get(ev.cpu)
+            targets = st.queued.get(ev.cpu, set())
+            guess = next(iter(targets)) if len(targets) == 1 else None
         else:  # exit_vector
             vcpu = values.get("vcpu")
             code, esr = st.exit.get(vcpu, (None, None)) if vcpu is not None else (None, None)
@@ -129,7 +134,9 @@ def _update(ev: RawEvent, st: _State, irq_exit_code: int | None) -> None:
     elif role == "queue":
         target = ev.values.get("target_vcpu")
         if target is not None:
-            st.queued[cpu] = target
+            st.queued.setdefault(cpu, set()).add(target)
+    elif role == "kick":
+        st.queued.pop(cpu, None)
     elif role == "enter":
         vcpu = st.resident.get(cpu)
         if vcpu is not None:
