@@ -110,3 +110,11 @@ def test_unsorted_input_is_refused() -> None:
     builder.feed(events[10])
     with pytest.raises(TraceFileError):
         builder.feed(events[0])
+
+
+def test_synthetic_events_equal_constructed_ones() -> None:
+    from tracekit.model.events import RawEvent
+
+    for ev in synthetic_events(100):
+        again = RawEvent(ev.t, ev.cpu, ev.source, ev.name, ev.role, ev.phase, dict(ev.values))
+        assert ev == again and repr(ev) == repr(again) and hash(ev.t) == hash(again.t)
