@@ -16,6 +16,10 @@ inferred instead of read. The probe set names, per probe and value, the rule to 
     (arch/arm64/kvm/vgic/vgic.c). When those calls name different vCPUs (an interrupt
     handler queued in the middle of another queue, or a queue that returned without a
     kick), the kick is ambiguous and its vCPU stays unknown rather than guessed.
+``vcpu_by_pointer``
+    The index of the ``struct kvm_vcpu`` at the event's ``vcpu_ptr`` (recovered
+    stop-free, probes/pointer.py), learnt from earlier events that read both (one stop
+    per vCPU, at ``kvm_arch_vcpu_postcreate``).
 ``exit_vector``
     The exit of the event's vCPU: the exit code its last hyp vector entry implies, and
     for a trap the syndrome QEMU reported when it took that exception to EL2 (the value
@@ -59,6 +63,8 @@ class _State:
     queued: dict[int, set[int]] = field(default_factory=dict)
     #: vCPU -> (exit code, syndrome or None) of its latest exit (or early return).
     exit: dict[int, tuple[int | None, int | None]] = field(default_factory=dict)
+    #: struct kvm_vcpu address -> vcpu_idx, from events that read both.
+    vcpu_at: dict[int, int] = field(default_factory=dict)
 
 
 def infer_values(
@@ -77,6 +83,9 @@ def infer_values(
     for raw in events:
         ev = raw
         if ev.source == "probe":
+            ptr, idx = ev.values.get("vcpu_ptr"), ev.values.get("vcpu")
+            if ptr is not None and idx is not None:
+                st.vcpu_at[ptr] = idx
             wanted = rules.get(ev.name)
             if wanted:
                 ev = _apply(ev, wanted, st, result)
@@ -95,6 +104,9 @@ def _apply(
         guess: int | None
         if rule == "resident_vcpu":
             guess = st.resident.get(ev.cpu)
+        elif rule == "vcpu_by_pointer":
+            ptr = values.get("vcpu_ptr")
+            guess = st.vcpu_at.get(ptr) if ptr is not None else None
         elif rule == "queued_target":
             targets = st.queued.get(ev.cpu, set())
             guess = next(iter(targets)) if len(targets) == 1 else None

@@ -7,11 +7,12 @@ A probe whose symbol is absent (inlined) falls back to the first present symbol 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 from tracekit.errors import SymbolError
 from tracekit.kernel.kallsyms import SymbolTable, instruction_at
 from tracekit.probes.capture import to_gdb
+from tracekit.probes.pointer import find_pointer_site
 from tracekit.probes.spec import PHASES, ProbeSet, ProbeSpec
 
 __all__ = ["ResolvedProbe", "ResolvedProbeSet", "resolve_probes"]
@@ -48,6 +49,8 @@ class ResolvedProbe:
     hyp_delta: int = 0
     #: A debugger stop (``spec.mode == "stop"``, or inferred values read to check them).
     stops: bool = False
+    #: (value name, access pc, offset): pointer arguments recovered stop-free.
+    pointer_sites: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def name(self) -> str:
@@ -145,7 +148,23 @@ def _resolve_one(
         and instruction_at(image, symbols, addr) in SKIPPABLE
         and instruction_at(image, symbols, addr + 4) == NOP
     )
-    probe = ResolvedProbe(spec, addr, used, symbols.symbolize(addr), captures, skip, stops=stops)
+    sites = tuple(
+        (
+            value,
+            *astuple(
+                find_pointer_site(
+                    lambda a: instruction_at(image, symbols, a),
+                    addr,
+                    int(reg[1:]),
+                    f"probe {spec.name}: pointer.{value}",
+                )
+            ),
+        )
+        for value, reg in spec.pointer.items()
+    )
+    probe = ResolvedProbe(
+        spec, addr, used, symbols.symbolize(addr), captures, skip, stops=stops, pointer_sites=sites
+    )
     return probe, (used if used != spec.symbol else None)
 
 

@@ -21,7 +21,7 @@ Phase = Literal["A", "B", "C", "D", "E", "F"]
 
 #: Rules that give a probe's values from what the same L1 CPU did before, without a
 #: debugger stop (implemented and explained in tracekit/model/context.py).
-INFERENCE_RULES = ("resident_vcpu", "queued_target", "exit_vector")
+INFERENCE_RULES = ("resident_vcpu", "queued_target", "exit_vector", "vcpu_by_pointer")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ class ProbeSpec:
     #: Constant values every execution of this probe implies (e.g. the exit code a hyp
     #: vector entry sets).
     implies: dict[str, int] = field(default_factory=dict)
+    #: Value name -> argument register (``x0``..``x30``) whose value at entry is
+    #: recovered stop-free from the first memory access based on it (probes/pointer.py).
+    pointer: dict[str, str] = field(default_factory=dict)
 
     def stops(self, read_values: bool = False) -> bool:
         """Whether this probe is a debugger stop (``read_values``: also inferred ones)."""
@@ -138,13 +141,21 @@ def load_probe_set(name_or_path: str = "linux-6.1", config_dir: Path | None = No
                     f"{path}: probe {p.name}: kvm mode {mode!r} unknown",
                     hint='use "vhe" and/or "nvhe"',
                 )
-        unread = sorted(set(p.capture) - set(p.infer)) if p.mode == "timing" else []
+        unread = (
+            sorted(set(p.capture) - set(p.infer) - set(p.pointer)) if p.mode == "timing" else []
+        )
         if unread:
             raise ConfigError(
                 f"{path}: probe {p.name} captures {', '.join(unread)} but is mode 'timing'"
                 " and does not infer them",
                 hint="values need mode = 'stop' (a GDB breakpoint) or an infer rule",
             )
+        for value, reg in p.pointer.items():
+            if reg not in {f"x{i}" for i in range(31)} or p.hyp:
+                raise ConfigError(
+                    f"{path}: probe {p.name}: pointer.{value} = {reg!r} is not usable",
+                    hint="name an argument register x0..x30 of a host (non-hyp) probe",
+                )
         for value, rule in p.infer.items():
             if rule not in INFERENCE_RULES:
                 raise ConfigError(

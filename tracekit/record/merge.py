@@ -27,6 +27,7 @@ from tracekit.record.qemulog import (
     ExceptionRecord,
     GicEvent,
     LogStats,
+    MemoryAccess,
     parse_qemu_log,
 )
 
@@ -42,6 +43,8 @@ class ProbeInfo:
     mode: str
     #: Constant values every execution implies (ProbeSpec.implies).
     implies: Mapping[str, int] = field(default_factory=dict)
+    #: (value name, access pc, offset) of its pointer sites (probes/pointer.py).
+    pointers: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,13 @@ class MergeStats:
     #: probe did not come next on that CPU (should be 0).
     exceptions_paired: int = 0
     exceptions_unpaired: int = 0
+    #: Pointer-site accesses attached to their probe's event; those with no event of
+    #: the probe before them on that CPU; and, where the value was also read by a
+    #: stop (--read-values), how often the two agreed and disagreed.
+    pointers_attached: int = 0
+    pointers_orphaned: int = 0
+    pointers_agreed: int = 0
+    pointers_disagreed: int = 0
     per_probe: dict[str, int] = field(default_factory=dict)
     #: Value inference (tracekit/model/context.py), filled by the pipeline.
     inference: dict[str, int] = field(default_factory=dict)
@@ -89,7 +99,8 @@ def merge(
     stats: MergeStats | None = None,
 ) -> list[RawEvent]:
     st = stats if stats is not None else MergeStats()
-    by_pc = {p.address: p for p in probes}
+    probes_list = list(probes)
+    by_pc = {p.address: p for p in probes_list}
     # Keyed by probe name: a probe that resumes past its entry is stamped at pc + 4.
     pending: dict[tuple[int, str], deque[GdbHit]] = defaultdict(deque)
     for hit in hits:
@@ -97,6 +108,9 @@ def merge(
         pending[(hit.cpu, hit.probe)].append(hit)
     events: list[RawEvent] = []
     exception: dict[int, ExceptionRecord] = {}
+    sites = {pc: (p, value, off) for p in probes_list for value, pc, off in p.pointers}
+    #: (cpu, probe name) -> index in ``events`` of that probe's latest event there.
+    latest: dict[tuple[int, str], int] = {}
     for item in parse_qemu_log(log_lines, st.log):
         if isinstance(item, GicEvent):
             events.append(RawEvent(item.t, item.cpu, "gic", item.name, item.role, "", item.values))
@@ -104,6 +118,9 @@ def merge(
         if isinstance(item, ExceptionRecord):
             if item.vector_pc in by_pc:
                 exception[item.cpu] = item
+            continue
+        if isinstance(item, MemoryAccess):
+            _attach_pointer(item, sites, latest, events, st)
             continue
         probe = by_pc.get(item.pc)
         taken = exception.pop(item.cpu, None)
@@ -128,6 +145,8 @@ def merge(
                 continue
             values = {**values, **hit.values}
         st.per_probe[probe.name] = st.per_probe.get(probe.name, 0) + 1
+        if probe.pointers:
+            latest[(item.cpu, probe.name)] = len(events)
         events.append(
             RawEvent(item.t, item.cpu, "probe", probe.name, probe.role, probe.phase, values)
         )
@@ -136,6 +155,37 @@ def merge(
     events.sort(key=lambda e: e.t)
     st.events = len(events)
     return events
+
+
+def _attach_pointer(
+    access: MemoryAccess,
+    sites: Mapping[int, tuple[ProbeInfo, str, int]],
+    latest: Mapping[tuple[int, str], int],
+    events: list[RawEvent],
+    st: MergeStats,
+) -> None:
+    """Give the access's pointer value to the latest event of its probe on that CPU.
+
+    The site is in the probe's straight-line prologue, so that event is the call the
+    access belongs to (the CPU cannot have entered the function again in between).
+    """
+    site = sites.get(access.pc)
+    index = latest.get((access.cpu, site[0].name)) if site else None
+    if site is None or index is None:
+        st.pointers_orphaned += 1
+        return
+    _, value, offset = site
+    pointer = (access.vaddr - offset) & 0xFFFFFFFFFFFFFFFF
+    ev = events[index]
+    read = ev.values.get(value)
+    if read is not None:
+        st.pointers_agreed += read == pointer
+        st.pointers_disagreed += read != pointer
+        return
+    st.pointers_attached += 1
+    events[index] = RawEvent(
+        ev.t, ev.cpu, ev.source, ev.name, ev.role, ev.phase, {**ev.values, value: pointer}
+    )
 
 
 def _exception_values(rec: ExceptionRecord) -> dict[str, int]:

@@ -47,6 +47,7 @@ def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeS
             p["role"],
             p["mode"],
             {str(k): int(v) for k, v in dict(p.get("implies", {})).items()},
+            tuple((str(n), int(pc), int(off)) for n, pc, off in p.get("pointers", [])),
         )
         for p in meta.get("probes", [])
     ]

@@ -16,7 +16,14 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-__all__ = ["ExceptionRecord", "GicEvent", "LogStats", "ProbeTiming", "parse_qemu_log"]
+__all__ = [
+    "ExceptionRecord",
+    "GicEvent",
+    "LogStats",
+    "MemoryAccess",
+    "ProbeTiming",
+    "parse_qemu_log",
+]
 
 _PREFIX = re.compile(r"^\d+@\d+\.\d+:")
 _LR_WRITE = re.compile(r"ICH_LR(\d+)_EL2 write cpu 0x([0-9a-f]+) value 0x([0-9a-f]+)")
@@ -37,6 +44,15 @@ class ProbeTiming:
     cpu: int
     pc: int
     t: int
+
+
+@dataclass(frozen=True)
+class MemoryAccess:
+    """The address a pointer site's load/store touched (``TKM``)."""
+
+    cpu: int
+    pc: int
+    vaddr: int
 
 
 @dataclass(frozen=True)
@@ -93,7 +109,7 @@ def _lr_values(lr: int, value: int) -> dict[str, int]:
 def parse_qemu_log(
     lines: Iterable[str],
     stats: LogStats | None = None,
-) -> Iterator[ProbeTiming | GicEvent | ExceptionRecord]:
+) -> Iterator[ProbeTiming | GicEvent | ExceptionRecord | MemoryAccess]:
     """Yield probe timings, timed GIC events and exception records in log order.
 
     Never raises on bad lines.
@@ -111,6 +127,9 @@ def parse_qemu_log(
                 _, cpu, pc, t = line.split()
                 st.probe_lines += 1
                 yield ProbeTiming(int(cpu), int(pc, 16), int(t))
+            elif line.startswith("TKM "):
+                _, cpu, pc, vaddr = line.split()
+                yield MemoryAccess(int(cpu), int(pc, 16), int(vaddr, 16))
             elif line.startswith("TKS "):
                 _, cpu, t = line.split()
                 marker[int(cpu)] = int(t)

@@ -153,9 +153,17 @@ def _probe_meta(probes: ResolvedProbeSet) -> list[dict[str, Any]]:
             "mode": "stop" if p.stops else "timing",
             "infer": dict(p.spec.infer),
             "implies": dict(p.spec.implies),
+            "pointers": [list(site) for site in p.pointer_sites],
         }
         for p in probes.probes
     ]
+
+
+def plugin_probe_file(probes: ResolvedProbeSet) -> str:
+    """The timebase plugin's input: probe PCs, and ``m PC`` for pointer sites."""
+    lines = [f"{p.stamp_address:x}\n" for p in probes.probes]
+    lines += [f"m {pc:x}\n" for p in probes.probes for _, pc, _ in p.pointer_sites]
+    return "".join(lines)
 
 
 def _world(el: int, hcr: int | None, kvm_mode: str) -> str:
@@ -224,9 +232,7 @@ class Recorder:
             self.opts.output.parent.mkdir(parents=True, exist_ok=True)
             for stale in ("hits.jsonl", "qemu.log", "events.jsonl", "console.log"):
                 (self.raw_dir / stale).unlink(missing_ok=True)
-            (self.raw_dir / "probes.txt").write_text(
-                "".join(f"{p.stamp_address:x}\n" for p in probes.probes)
-            )
+            (self.raw_dir / "probes.txt").write_text(plugin_probe_file(probes))
         except OSError as exc:
             raise TracekitError(
                 f"cannot write the recording to {self.raw_dir}: {exc.strerror}",
@@ -475,6 +481,10 @@ class Recorder:
             "unknown_pcs": mstats.unknown_pcs,
             "exceptions_paired": mstats.exceptions_paired,
             "exceptions_unpaired": mstats.exceptions_unpaired,
+            "pointers_attached": mstats.pointers_attached,
+            "pointers_orphaned": mstats.pointers_orphaned,
+            "pointers_agreed": mstats.pointers_agreed,
+            "pointers_disagreed": mstats.pointers_disagreed,
             "inference": mstats.inference,
             "disagreements": mstats.disagreements,
             "gic_events": mstats.log.gic_events,
@@ -529,9 +539,7 @@ class Recorder:
             self._probes.skipped,
             self._probes.fallbacks_used,
         )
-        (self.raw_dir / "probes.txt").write_text(
-            "".join(f"{p.stamp_address:x}\n" for p in self._probes.probes)
-        )
+        (self.raw_dir / "probes.txt").write_text(plugin_probe_file(self._probes))
         flush_at = next(p.runtime_address for p in self._probes.probes if p.spec.hyp)
         rec = mi.command(f"-break-insert *{flush_at:#x}")
         number = (

@@ -14,9 +14,15 @@
  *   TKS <vcpu> <t>            a GIC CPU-interface sysreg access (op0=3, CRn=12: ICC_*,
  *                             ICV_*, ICH_*) is about to execute; the trace event it may
  *                             raise (gicv3_ich_lr_write, gicv3_icv_iar_read, ...) follows
+ *   TKM <vcpu> <pc-hex> <vaddr-hex>
+ *                             the memory access of the instruction at <pc> (an "m" site)
+ *                             touched <vaddr>: the recorder knows which register it was
+ *                             based on and at what offset, so this recovers a pointer
+ *                             argument without stopping (probes/pointer.py)
  *   TKE <t>                   QEMU is exiting
  *
- * Arguments: probes=FILE (one hex PC per line). The file is read again whenever QEMU
+ * Arguments: probes=FILE: one hex PC per line (a probe), or "m <hex PC>" (a memory site).
+ * The file is read again whenever QEMU
  * flushes its translation cache (a GDB breakpoint insert does), so probes whose address
  * is only known at run time (nVHE hyp code at EL2 virtual addresses) can be added: write
  * the file, then make QEMU flush.
@@ -44,6 +50,13 @@ struct qemu_plugin_tb;
 struct qemu_plugin_insn;
 enum qemu_plugin_cb_flags { QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_CB_RW_REGS };
 enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
+enum qemu_plugin_mem_rw { QEMU_PLUGIN_MEM_R = 1, QEMU_PLUGIN_MEM_W, QEMU_PLUGIN_MEM_RW };
+typedef uint32_t qemu_plugin_meminfo_t;
+typedef void (*qemu_plugin_vcpu_mem_cb_t)(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
+                                          uint64_t vaddr, void *userdata);
+void qemu_plugin_register_vcpu_mem_cb(struct qemu_plugin_insn *insn, qemu_plugin_vcpu_mem_cb_t cb,
+                                      enum qemu_plugin_cb_flags flags,
+                                      enum qemu_plugin_mem_rw rw, void *userdata);
 typedef void (*qemu_plugin_vcpu_tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
 typedef void (*qemu_plugin_vcpu_udata_cb_t)(unsigned int vcpu_index, void *userdata);
 typedef void (*qemu_plugin_udata_cb_t)(qemu_plugin_id_t id, void *userdata);
@@ -72,6 +85,8 @@ EXPORT int qemu_plugin_version = 1;
 static uint64_t insn_count;
 static uint64_t *probes;
 static size_t n_probes;
+static uint64_t *mem_sites;
+static size_t n_mem_sites;
 
 /* Per instrumented instruction: its PC and how many instructions of its block come
  * after it (the block's inline add already counted the whole block at block entry). */
@@ -89,6 +104,12 @@ static int cmp_u64(const void *a, const void *b)
 static bool is_probe(uint64_t pc)
 {
     return n_probes && bsearch(&pc, probes, n_probes, sizeof(*probes), cmp_u64) != NULL;
+}
+
+static bool is_mem_site(uint64_t pc)
+{
+    return n_mem_sites &&
+           bsearch(&pc, mem_sites, n_mem_sites, sizeof(*mem_sites), cmp_u64) != NULL;
 }
 
 /* MSR/MRS (register) with op0 == 3 and CRn == 12: the GIC CPU interface block of the
@@ -121,6 +142,16 @@ static void on_gic_sysreg(unsigned int vcpu, void *udata)
     qemu_plugin_outs(buf);
 }
 
+static void on_mem_site(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr,
+                        void *udata)
+{
+    (void)info;
+    struct site *s = udata;
+    char buf[80];
+    snprintf(buf, sizeof(buf), "TKM %u %" PRIx64 " %" PRIx64 "\n", vcpu, s->pc, vaddr);
+    qemu_plugin_outs(buf);
+}
+
 static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
     (void)id;
@@ -133,7 +164,16 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
         if (qemu_plugin_insn_size(insn) == 4) {
             memcpy(&word, qemu_plugin_insn_data(insn), 4);
         }
-        bool probe = is_probe(pc), gic = is_gic_sysreg(word);
+        bool probe = is_probe(pc), gic = is_gic_sysreg(word), mem = is_mem_site(pc);
+        if (mem) {
+            struct site *m = malloc(sizeof(*m));
+            if (m) {
+                m->pc = pc;
+                m->after = n - i;
+                qemu_plugin_register_vcpu_mem_cb(insn, on_mem_site, QEMU_PLUGIN_CB_NO_REGS,
+                                                 QEMU_PLUGIN_MEM_RW, m);
+            }
+        }
         if (!probe && !gic) {
             continue;
         }
@@ -172,38 +212,54 @@ static void on_flush(qemu_plugin_id_t id)
     }
 }
 
+/* Append pc to a growable sorted-later list; false when out of memory. */
+static bool push_pc(uint64_t **list, size_t *n, size_t *cap, uint64_t pc)
+{
+    if (*n == *cap) {
+        size_t grown_cap = *cap ? *cap * 2 : 64;
+        uint64_t *grown = realloc(*list, grown_cap * sizeof(**list));
+        if (!grown) {
+            return false;
+        }
+        *list = grown;
+        *cap = grown_cap;
+    }
+    (*list)[(*n)++] = pc;
+    return true;
+}
+
 static int load_probes(const char *path)
 {
     free(probes);
-    probes = NULL;
-    n_probes = 0;
+    free(mem_sites);
+    probes = mem_sites = NULL;
+    n_probes = n_mem_sites = 0;
+    size_t cap_probes = 0, cap_sites = 0;
     FILE *f = fopen(path, "r");
     if (!f) {
         fprintf(stderr, "tk_timebase: cannot open probes file %s\n", path);
         return -1;
     }
-    size_t cap = 64;
-    probes = malloc(cap * sizeof(*probes));
     char line[64];
-    while (probes && fgets(line, sizeof(line), f)) {
+    while (fgets(line, sizeof(line), f)) {
+        bool site = line[0] == 'm' && line[1] == ' ';
+        const char *text = site ? line + 2 : line;
         char *end;
-        uint64_t pc = strtoull(line, &end, 16);
-        if (end == line) {
+        uint64_t pc = strtoull(text, &end, 16);
+        if (end == text) {
             continue;
         }
-        if (n_probes == cap) {
-            cap *= 2;
-            uint64_t *grown = realloc(probes, cap * sizeof(*probes));
-            if (!grown) {
-                break;
-            }
-            probes = grown;
+        if (!(site ? push_pc(&mem_sites, &n_mem_sites, &cap_sites, pc)
+                   : push_pc(&probes, &n_probes, &cap_probes, pc))) {
+            break;
         }
-        probes[n_probes++] = pc;
     }
     fclose(f);
     if (probes) {
         qsort(probes, n_probes, sizeof(*probes), cmp_u64);
+    }
+    if (mem_sites) {
+        qsort(mem_sites, n_mem_sites, sizeof(*mem_sites), cmp_u64);
     }
     return 0;
 }
