@@ -30,9 +30,7 @@ from typing import IO, Any
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from tracekit.export.wire import (
-    TYPE_COUNTER,
     TYPE_INSTANT,
-    TYPE_SLICE_BEGIN,
     PacketEncoder,
     framed,
 )
@@ -127,43 +125,37 @@ class _Nest:
     def instant(self, order: int, ts: int, name: str, args: Any, terminating: Any) -> None:
         self.buf.append((ts, 0, order, order, 0, name, args, terminating, True))
 
-    def _close(self, until: int, inclusive: bool) -> None:
-        stack, enc, sink, track = self.stack, self.enc, self.sink, self.track
-        while stack and (stack[-1] < until or (inclusive and stack[-1] == until)):
-            sink.add(enc.end(stack.pop(), track))
-
     def release(self, low: int) -> None:
-        buf = self.buf
+        # One loop with everything in locals: this runs once per slice and instant.
+        buf, stack, track, enc = self.buf, self.stack, self.track, self.enc
+        add, end_packet = self.sink.add, enc.end
         if buf:
             buf.sort()  # the first four fields decide: the creation order is unique
             n = 0
             for it in buf:
-                if it[0] >= low:
+                ts = it[0]
+                if ts >= low:
                     break
                 n += 1
-                ts, is_slice = it[0], it[1]
-                self._close(ts, bool(is_slice))
-                if is_slice:
+                if it[1]:
+                    # Slices ending at ``ts`` close before a slice opens there.
+                    while stack and stack[-1] <= ts:
+                        add(end_packet(stack.pop(), track))
                     end = it[4]
                     # A child may not outlive its parent in the UI: clamp to the parent's end.
-                    if self.stack and end > self.stack[-1]:
-                        end = self.stack[-1]
-                    self.sink.add(
-                        self.enc.event(
-                            ts, TYPE_SLICE_BEGIN, self.track, it[5], it[6],
-                            intern_name=it[8], flows=it[7],
-                        )
-                    )  # fmt: skip
-                    self.stack.append(end)
+                    if stack and end > stack[-1]:
+                        end = stack[-1]
+                    add(enc.begin(ts, track, it[5], it[6], it[7], it[8]))
+                    stack.append(end)
                 else:
-                    self.sink.add(
-                        self.enc.event(
-                            ts, TYPE_INSTANT, self.track, it[5], it[6], terminating=it[7]
-                        )
-                    )
+                    # ... but after the instants there.
+                    while stack and stack[-1] < ts:
+                        add(end_packet(stack.pop(), track))
+                    add(enc.event(ts, TYPE_INSTANT, track, it[5], it[6], terminating=it[7]))
             del buf[:n]
         # Nothing at or after ``low`` can close a slice that ends before it any later.
-        self._close(low, False)
+        while stack and stack[-1] < low:
+            add(end_packet(stack.pop(), track))
 
 
 class _Exporter:
@@ -174,6 +166,7 @@ class _Exporter:
     ) -> None:
         self.sink = _Sink(out)
         self.enc = PacketEncoder(SEQ)
+        self.instant_rests = self.enc.instant_rests
         self.decoder = decoder
         self.meta = meta
         self.mode = kvm_mode
@@ -313,13 +306,20 @@ class _Exporter:
 
     def raw(self, ev: RawEvent, running: Mapping[int, int]) -> None:
         """Probe hits, GIC events and the exit-rate counters, straight from the event."""
-        cpu_tracks = self.cpu.get(ev.cpu) or self._cpu(ev.cpu)
+        cpu = ev.cpu
+        cpu_tracks = self.cpu.get(cpu) or self._cpu(cpu)
         if ev.source == "probe":
-            values = ev.values
-            key = (ev.cpu, ev.name, ev.phase, *values.items())
-            self.sink.add(
-                self.enc.instant(key, ev.t, cpu_tracks[1], ev.name, {"phase": ev.phase, **values})
-            )
+            values, name, phase = ev.values, ev.name, ev.phase
+            key = (cpu, name, phase, *values.items()) if values else (cpu, name, phase)
+            # Look up before building the arguments: nearly every probe hit repeats one.
+            rest = self.instant_rests.get(key)
+            if rest is None:
+                pkt = self.enc.new_instant(
+                    key, ev.t, cpu_tracks[1], name, {"phase": phase, **values}
+                )
+            else:
+                pkt = self.enc.frame(ev.t, rest)
+            self.sink.add(pkt)
             if ev.role == "handle_exit":
                 self._count_exit(ev)
             return
@@ -380,7 +380,7 @@ class _Exporter:
         st[1], st[2] = bucket, 1
 
     def _counter(self, ts: int, track: int, value: float) -> None:
-        self.sink.add(self.enc.event(ts, TYPE_COUNTER, track, value=value))
+        self.sink.add(self.enc.counter(ts, track, value))
 
     def exit(self, ex: Exit) -> None:
         spans = ex.spans(self.mode)

@@ -73,8 +73,25 @@ def _ld(tag: bytes, payload: bytes) -> bytes:
     return tag + varint(len(payload)) + payload
 
 
+#: For a 14-bit value: its two low varint bytes, both with the continuation bit (a value
+#: >= 2**14 is these two bytes followed by the varint of ``value >> 14``).
+_LOW14 = [bytes(((i & 0x7F) | 0x80, (i >> 7) | 0x80)) for i in range(0x4000)]
+#: For a packet body length n < 2**14: ``Trace.packet`` tag, varint(n), and the timestamp
+#: tag that every body here starts with.
+_HEAD = [b"\x0a" + _TABLE[n] + b"\x40" for n in range(0x4000)]
+#: Bodies up to this size (without the timestamp) take the table-driven framing.
+_SMALL = 0x4000 - 16
+
+
 class PacketEncoder:
-    """Encodes TrackEvent packets of one trusted sequence, interning names as it goes."""
+    """Encodes TrackEvent packets of one trusted sequence, interning names as it goes.
+
+    Cost per packet is what bounds the exporter, so the hot methods assemble bytes from
+    cached pieces: the timestamp is the only part computed per packet (its bits above the
+    low 14 repeat for 16 µs of trace, so they are cached), the frame head comes from a
+    table indexed by the body length, and everything after the timestamp is cached per
+    kind of packet where it repeats (instants, slice ends, counter values).
+    """
 
     def __init__(self, sequence_id: int) -> None:
         seq = b"\x50" + varint(sequence_id)
@@ -84,11 +101,39 @@ class PacketEncoder:
         self._names: dict[str, bytes] = {}
         self._keys: dict[str, bytes] = {}
         self._kind_track: dict[tuple[int, int], bytes] = {}
-        #: Repeating instants: caller's key -> the encoded ``track_event`` field.
-        self._tails: dict[Any, bytes] = {}
+        #: Repeating instants: caller's key -> what follows the timestamp (prefix and the
+        #: encoded ``track_event``); public so that a caller can look up before building
+        #: the instant's arguments, and frame a hit with ``frame``.
+        self.instant_rests: dict[Any, bytes] = {}
         self._end_tails: dict[int, bytes] = {}
+        self._counter_tails: dict[tuple[int, float], bytes] = {}
         #: (annotation name, value, type) -> the encoded DebugAnnotation field.
         self._pairs: dict[tuple[str, Any, type], bytes] = {}
+        #: Annotation name -> int value -> encoded DebugAnnotation (ints are most values;
+        #: no tuple key to build).
+        self._int_pairs: dict[str, dict[int, bytes]] = {}
+        #: ``ts >> 14`` -> its varint (timestamps of one stretch of trace share it).
+        self._ts_high: dict[int, bytes] = {}
+
+    def _ts(self, ts: int) -> bytes:
+        """varint(ts), with the high part cached."""
+        if ts < 0x4000:
+            return varint(ts)
+        high = self._ts_high.get(ts >> 14)
+        if high is None:
+            if len(self._ts_high) > 4096:  # bounded: time only moves forward
+                self._ts_high.clear()
+            high = self._ts_high[ts >> 14] = varint(ts >> 14)
+        return _LOW14[ts & 0x3FFF] + high
+
+    def frame(self, ts: int, rest: bytes) -> bytes:
+        """A framed packet: timestamp, then ``rest`` (prefix and fields, already encoded)."""
+        tv = self._ts(ts)
+        n = len(rest)
+        if n < _SMALL:
+            return _HEAD[1 + len(tv) + n] + tv + rest
+        body = b"\x40" + tv + rest
+        return b"\x0a" + varint(len(body)) + body
 
     def _name(self, name: str, interned: list[bytes]) -> bytes:
         enc = self._names.get(name)
@@ -109,31 +154,44 @@ class PacketEncoder:
         return enc
 
     def _annotations(self, args: Mapping[str, Any], interned: list[bytes]) -> bytes:
-        cache = self._pairs
         parts = []
+        int_pairs = self._int_pairs
         for key in sorted(args):
             value = args[key]
             if value is None:
                 continue
-            # True == 1 as a dict key: the type keeps a bool from reusing an int's bytes.
-            ck = (key, value, value.__class__)
-            enc = cache.get(ck)
-            if enc is None:
-                head = self._key(key, interned)
-                if value is True or value is False:
-                    body = head + (b"\x10\x01" if value else b"\x10\x00")
-                elif isinstance(value, int):
-                    body = head + b"\x20" + varint(value)
-                elif isinstance(value, float):
-                    body = head + b"\x29" + _pack_double(value)
-                else:
-                    body = head + _ld(b"\x32", str(value).encode())
-                enc = b"\x22" + varint(len(body)) + body
-                if len(cache) > 100_000:  # bounded: values that never repeat
-                    cache.clear()
-                cache[ck] = enc
+            if value.__class__ is int:
+                per_key = int_pairs.get(key)
+                if per_key is None:
+                    per_key = int_pairs[key] = {}
+                enc = per_key.get(value)
+                if enc is None:
+                    if len(per_key) > 10_000:  # bounded: values that never repeat
+                        per_key.clear()
+                    enc = per_key[value] = self._pair(key, value, interned)
+            else:
+                # True == 1 as a dict key: the type keeps a bool from reusing an int's bytes.
+                ck = (key, value, value.__class__)
+                enc = self._pairs.get(ck)
+                if enc is None:
+                    if len(self._pairs) > 100_000:  # bounded: values that never repeat
+                        self._pairs.clear()
+                    enc = self._pairs[ck] = self._pair(key, value, interned)
             parts.append(enc)
         return b"".join(parts)
+
+    def _pair(self, key: str, value: Any, interned: list[bytes]) -> bytes:
+        """One encoded DebugAnnotation (interning its name on first use)."""
+        head = self._key(key, interned)
+        if value is True or value is False:
+            body = head + (b"\x10\x01" if value else b"\x10\x00")
+        elif isinstance(value, int):
+            body = head + b"\x20" + varint(value)
+        elif isinstance(value, float):
+            body = head + b"\x29" + _pack_double(value)
+        else:
+            body = head + _ld(b"\x32", str(value).encode())
+        return b"\x22" + varint(len(body)) + body
 
     def event(
         self,
@@ -175,38 +233,67 @@ class PacketEncoder:
             prefix = self._first_prefix
         else:
             prefix = self._prefix
-        body = b"\x40" + varint(ts) + prefix
         if interned:
-            body += _ld(b"\x62", b"".join(interned))
-        body += tail
-        return b"\x0a" + varint(len(body)) + body
+            return self.frame(ts, prefix + _ld(b"\x62", b"".join(interned)) + tail)
+        return self.frame(ts, prefix + tail)
+
+    def begin(
+        self,
+        ts: int,
+        track: int,
+        name: str,
+        args: Mapping[str, Any] | None,
+        flows: tuple[int, ...],
+        intern_name: bool,
+    ) -> bytes:
+        """A slice begin: ``event(ts, TYPE_SLICE_BEGIN, ...)`` without keyword handling."""
+        return self.event(
+            ts, TYPE_SLICE_BEGIN, track, name, args, intern_name=intern_name, flows=flows
+        )
 
     def instant(self, key: Any, ts: int, track: int, name: str, args: Mapping[str, Any]) -> bytes:
         """An instant whose track, name and arguments repeat (probe hits, GIC events):
         ``key`` (hashable, standing for all three) finds their bytes encoded once."""
-        tail = self._tails.get(key)
-        if tail is not None:
-            body = b"\x40" + varint(ts) + self._prefix + tail
-            return b"\x0a" + varint(len(body)) + body
+        rest = self.instant_rests.get(key)
+        if rest is not None:
+            return self.frame(ts, rest)
+        return self.new_instant(key, ts, track, name, args)
+
+    def new_instant(
+        self, key: Any, ts: int, track: int, name: str, args: Mapping[str, Any]
+    ) -> bytes:
+        """``instant`` for a key not cached yet (callers with their own fast path)."""
         interned: list[bytes] = []
         te = (
             b"\x48" + varint(TYPE_INSTANT) + b"\x58" + varint(track)
             + self._name(name, interned) + self._annotations(args, interned)
         )  # fmt: skip
         tail = b"\x5a" + varint(len(te)) + te
-        if len(self._tails) > 100_000:  # bounded: arguments that never repeat
-            self._tails.clear()
-        self._tails[key] = tail
+        if len(self.instant_rests) > 100_000:  # bounded: arguments that never repeat
+            self.instant_rests.clear()
+        self.instant_rests[key] = self._prefix + tail
         return self._packet(ts, interned, tail)
+
+    def counter(self, ts: int, track: int, value: float) -> bytes:
+        """A counter value; values repeat (list registers in use), so each (track, value)
+        is encoded once."""
+        rest = self._counter_tails.get((track, value))
+        if rest is not None and not self._first:
+            return self.frame(ts, rest)
+        pkt = self.event(ts, TYPE_COUNTER, track, value=value)
+        if len(self._counter_tails) > 10_000:  # bounded: rates that never repeat
+            self._counter_tails.clear()
+        te = b"\x48\x04\x58" + varint(track) + b"\xe1\x02" + _pack_double(value)
+        self._counter_tails[(track, value)] = self._prefix + b"\x5a" + varint(len(te)) + te
+        return pkt
 
     def end(self, ts: int, track: int) -> bytes:
         """A slice end: the most frequent packet, so its bytes are assembled directly."""
-        tail = self._end_tails.get(track)
-        if tail is None:
+        rest = self._end_tails.get(track)
+        if rest is None:
             kt = b"\x48\x02\x58" + varint(track)
-            tail = self._end_tails[track] = self._prefix + b"\x5a" + varint(len(kt)) + kt
-        body = b"\x40" + varint(ts) + tail
-        return b"\x0a" + varint(len(body)) + body
+            rest = self._end_tails[track] = self._prefix + b"\x5a" + varint(len(kt)) + kt
+        return self.frame(ts, rest)
 
 
 def framed(packet_bytes: bytes) -> bytes:
