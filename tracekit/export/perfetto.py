@@ -498,15 +498,14 @@ class _Exporter:
             (),
             False,  # unique per chain: interning would only add bytes
         )
+        phase_args = {"chain": chain.id}  # one object: the encoder reuses its bytes
         for p in delivered:
             title = self.c_title if p == "C" else PHASE_TITLES[p]
             if p == "D" and chain.exit is not None:
                 _, ec, handler = self.decoder.describe(chain.exit.code, chain.exit.esr)
                 title += f" ({ec or self.decoder.code_name(chain.exit.code)}"
                 title += f" -> {handler})" if handler and ec else ")"
-            delivery.slice(
-                self._next(), ph[p].start, ph[p].end, title, {"chain": chain.id}, flows, True
-            )
+            delivery.slice(self._next(), ph[p].start, ph[p].end, title, phase_args, flows, True)
         delivery.instant(
             self._next(),
             chain.ack.t,

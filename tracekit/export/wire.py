@@ -114,21 +114,22 @@ class PacketEncoder:
         self._int_pairs: dict[str, dict[int, bytes]] = {}
         #: ``ts >> 14`` -> its varint (timestamps of one stretch of trace share it).
         self._ts_high: dict[int, bytes] = {}
-
-    def _ts(self, ts: int) -> bytes:
-        """varint(ts), with the high part cached."""
-        if ts < 0x4000:
-            return varint(ts)
-        high = self._ts_high.get(ts >> 14)
-        if high is None:
-            if len(self._ts_high) > 4096:  # bounded: time only moves forward
-                self._ts_high.clear()
-            high = self._ts_high[ts >> 14] = varint(ts >> 14)
-        return _LOW14[ts & 0x3FFF] + high
+        #: (track, name) -> what follows the timestamp in a slice begin without arguments.
+        self._bare: dict[tuple[int, str], bytes] = {}
+        self._last_args: Mapping[str, Any] | None = None
+        self._last_encoded = b""
 
     def frame(self, ts: int, rest: bytes) -> bytes:
         """A framed packet: timestamp, then ``rest`` (prefix and fields, already encoded)."""
-        tv = self._ts(ts)
+        if ts >= 0x4000:
+            high = self._ts_high.get(ts >> 14)
+            if high is None:
+                if len(self._ts_high) > 4096:  # bounded: time only moves forward
+                    self._ts_high.clear()
+                high = self._ts_high[ts >> 14] = varint(ts >> 14)
+            tv = _LOW14[ts & 0x3FFF] + high
+        else:
+            tv = _TABLE[ts] if ts >= 0 else varint(ts)
         n = len(rest)
         if n < _SMALL:
             return _HEAD[1 + len(tv) + n] + tv + rest
@@ -207,25 +208,46 @@ class PacketEncoder:
         value: float | None = None,
     ) -> bytes:
         """One framed ``Trace.packet`` holding a TrackEvent."""
-        kt = self._kind_track.get((kind, track))
-        if kt is None:
-            kt = self._kind_track[(kind, track)] = b"\x48" + varint(kind) + b"\x58" + varint(track)
         interned: list[bytes] = []
-        te = kt
-        if name:
-            if intern_name:
-                te += self._name(name, interned)
-            else:
-                te += _ld(b"\xba\x01", name.encode())
-        if args:
-            te += self._annotations(args, interned)
-        for f in flows:
-            te += b"\xf9\x02" + _pack_fixed64(f)
+        te = self._track_event(kind, track, name, args, intern_name, flows, interned)
         for f in terminating:
             te += b"\x81\x03" + _pack_fixed64(f)
         if value is not None:
             te += b"\xe1\x02" + _pack_double(value)
         return self._packet(ts, interned, b"\x5a" + varint(len(te)) + te)
+
+    def _track_event(
+        self,
+        kind: int,
+        track: int,
+        name: str,
+        args: Mapping[str, Any] | None,
+        intern_name: bool,
+        flows: tuple[int, ...],
+        interned: list[bytes],
+    ) -> bytes:
+        """TrackEvent fields up to the flow ids."""
+        kt = self._kind_track.get((kind, track))
+        if kt is None:
+            kt = self._kind_track[(kind, track)] = b"\x48" + varint(kind) + b"\x58" + varint(track)
+        te = kt
+        if name:
+            if intern_name:
+                te += self._names.get(name) or self._name(name, interned)
+            else:
+                te += _ld(b"\xba\x01", name.encode())
+        if args:
+            # Consecutive packets often carry the same arguments object (a chain's phase
+            # slices): encode it once. The reference held here keeps its id from reuse.
+            if args is self._last_args:
+                te += self._last_encoded
+            else:
+                enc = self._annotations(args, interned)
+                self._last_args, self._last_encoded = args, enc
+                te += enc
+        for f in flows:
+            te += b"\xf9\x02" + _pack_fixed64(f)
+        return te
 
     def _packet(self, ts: int, interned: list[bytes], tail: bytes) -> bytes:
         if self._first:
@@ -246,10 +268,21 @@ class PacketEncoder:
         flows: tuple[int, ...],
         intern_name: bool,
     ) -> bytes:
-        """A slice begin: ``event(ts, TYPE_SLICE_BEGIN, ...)`` without keyword handling."""
-        return self.event(
-            ts, TYPE_SLICE_BEGIN, track, name, args, intern_name=intern_name, flows=flows
-        )
+        """A slice begin: ``event(ts, TYPE_SLICE_BEGIN, ...)`` without keyword handling;
+        a slice with only a track and an interned name is encoded once."""
+        bare = args is None and not flows and intern_name
+        if bare:
+            rest = self._bare.get((track, name))
+            if rest is not None and not self._first:
+                return self.frame(ts, rest)
+        interned: list[bytes] = []
+        te = self._track_event(TYPE_SLICE_BEGIN, track, name, args, intern_name, flows, interned)
+        tail = b"\x5a" + varint(len(te)) + te
+        if bare:
+            if len(self._bare) > 10_000:  # bounded: names that never repeat
+                self._bare.clear()
+            self._bare[(track, name)] = self._prefix + tail
+        return self._packet(ts, interned, tail)
 
     def instant(self, key: Any, ts: int, track: int, name: str, args: Mapping[str, Any]) -> bytes:
         """An instant whose track, name and arguments repeat (probe hits, GIC events):

@@ -77,20 +77,21 @@ class Exit:
 
     @property
     def start(self) -> int | None:
-        return next(
-            (
-                t
-                for t in (self.vector_t, self.guest_exit_t, self.host_resume_t, self.handle_exit_t)
-                if t is not None
-            ),
-            None,
-        )
+        # The first of these that is known (an if chain: this runs several times per exit).
+        if self.vector_t is not None:
+            return self.vector_t
+        if self.guest_exit_t is not None:
+            return self.guest_exit_t
+        if self.host_resume_t is not None:
+            return self.host_resume_t
+        return self.handle_exit_t
 
     def spans(self, kvm_mode: str) -> dict[str, Span]:
         out: dict[str, Span] = {}
         b_end = self.host_resume_t if kvm_mode == "vhe" else self.guest_exit_t
-        if self.start is not None and b_end is not None:
-            out["B"] = Span(self.start, b_end)
+        start = self.start
+        if start is not None and b_end is not None:
+            out["B"] = Span(start, b_end)
         if self.host_resume_t is not None:
             c_start = self.host_resume_t if kvm_mode == "vhe" else self.guest_exit_t
             if c_start is not None:

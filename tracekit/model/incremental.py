@@ -33,7 +33,7 @@ Input must be sorted by time (the merge writes it so); a step back raises TraceF
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tracekit.errors import TraceFileError
@@ -150,24 +150,41 @@ class ChainBuilder:
         self._traps: list[_Queued] = []
         self._waiting: list[_Pending] = []
         self._dirty = False
+        #: The run-loop rules per role (``feed``).
+        self._on_role: dict[str, Callable[[RawEvent], None]] = {
+            "vector_sync": self._vector,
+            "vector_irq": self._vector,
+            "guest_exit": self._guest_exit,
+            "host_resume": self._host_resume,
+            "handle_exit": self._handle_exit,
+            "exit_handler": self._exit_handler,
+            "flush": self._flush,
+            "enter": self._enter,
+            "eret": self._eret,
+            "lr_write": self._lr_write,
+            "ack": self._ack_event,
+        }
 
     # -- public ------------------------------------------------------------------------
 
     def feed(self, ev: RawEvent) -> None:
         t = ev.t
-        if t < self.now:
-            raise TraceFileError(
-                f"raw events are not in time order ({t} after {self.now})",
-                hint="the exporter needs the merged, time-sorted events.jsonl",
-            )
-        if t > self.now:
+        if t != self.now:
+            if t < self.now:
+                raise TraceFileError(
+                    f"raw events are not in time order ({t} after {self.now})",
+                    hint="the exporter needs the merged, time-sorted events.jsonl",
+                )
             self.now = t
             if self._traps:
                 self._resolve_traps(final=False)
         if ev.source == "probe":
             self._probe(ev)
-        self._segment(ev)
-        if self._waiting and self._dirty:
+        # One dict lookup instead of a chain of role comparisons (this runs per event).
+        handler = self._on_role.get(ev.role)
+        if handler is not None:
+            handler(ev)
+        if self._dirty and self._waiting:
             self._finish_ready(final=False)
 
     def finish(self) -> None:
@@ -266,94 +283,103 @@ class ChainBuilder:
         self.closed_entries.append(ent)
         self._dirty = True
 
-    def _segment(self, ev: RawEvent) -> None:
-        cpu, role, t = ev.cpu, ev.role, ev.t
-        if role in {"vector_sync", "vector_irq"}:
-            self._pending_vector[cpu] = (t, "sync" if role == "vector_sync" else "irq")
-        elif role == "guest_exit":
-            vec = self._pending_vector.pop(cpu, None)
-            ex = Exit(cpu, self.running.get(cpu, -1), guest_exit_t=t)
-            if vec is not None:
-                ex.vector_t, ex.vector = vec
-            self._new_exit(ex)
-        elif role == "host_resume":
-            ex_open = self._open_exit.get(cpu)
-            if ex_open is None or ex_open.host_resume_t is not None:
-                # __guest_enter returned early (interrupt pending): no eret, no exception.
-                ex_open = Exit(cpu, self.running.get(cpu, -1), host_resume_t=t)
-                self._new_exit(ex_open)
-            ex_open.host_resume_t = t
-        elif role == "handle_exit":
-            ex_open = self._open_exit.get(cpu)
-            if ex_open is None or ex_open.handle_exit_t is not None:
-                ex_open = Exit(cpu, -1, handle_exit_t=t)
-                self._new_exit(ex_open)
-            ex_open.handle_exit_t = t
+    def _vector(self, ev: RawEvent) -> None:
+        self._pending_vector[ev.cpu] = (ev.t, "sync" if ev.role == "vector_sync" else "irq")
+
+    def _guest_exit(self, ev: RawEvent) -> None:
+        cpu = ev.cpu
+        vec = self._pending_vector.pop(cpu, None)
+        ex = Exit(cpu, self.running.get(cpu, -1), guest_exit_t=ev.t)
+        if vec is not None:
+            ex.vector_t, ex.vector = vec
+        self._new_exit(ex)
+
+    def _host_resume(self, ev: RawEvent) -> None:
+        cpu, t = ev.cpu, ev.t
+        ex_open = self._open_exit.get(cpu)
+        if ex_open is None or ex_open.host_resume_t is not None:
+            # __guest_enter returned early (interrupt pending): no eret, no exception.
+            ex_open = Exit(cpu, self.running.get(cpu, -1), host_resume_t=t)
+            self._new_exit(ex_open)
+        ex_open.host_resume_t = t
+
+    def _handle_exit(self, ev: RawEvent) -> None:
+        cpu, t = ev.cpu, ev.t
+        ex_open = self._open_exit.get(cpu)
+        if ex_open is None or ex_open.handle_exit_t is not None:
+            ex_open = Exit(cpu, -1, handle_exit_t=t)
+            self._new_exit(ex_open)
+        ex_open.handle_exit_t = t
+        values = ev.values
+        ex_open.code = values.get("exit_code")
+        ex_open.esr = values.get("esr")
+        vcpu = values.get("vcpu")
+        if vcpu is not None:
+            ex_open.vcpu = vcpu
+        if ex_open.guest_exit_t is not None:
+            # A real exit; an early return of __guest_enter has no guest_exit.
+            hl = self._handled.setdefault(ex_open.vcpu, [])
+            self._seq += 1
+            hl.append((t, self._seq, ex_open))
+            if len(hl) > _PRUNE_AT:
+                self._prune_vcpu(ex_open.vcpu)
+
+    def _exit_handler(self, ev: RawEvent) -> None:
+        ex_open = self._open_exit.get(ev.cpu)
+        if ex_open is not None and ex_open.handle_exit_t is not None and not ex_open.handler_probe:
+            ex_open.handler_probe = ev.name
+
+    def _flush(self, ev: RawEvent) -> None:
+        cpu, t = ev.cpu, ev.t
+        ex_open = self._open_exit.pop(cpu, None)
+        if ex_open is not None:
+            ex_open.d_end = t
+            self._close_exit(ex_open)
+        vcpu = ev.values.get("vcpu")
+        ent = Entry(cpu, vcpu if vcpu is not None else -1, t)
+        old = self._open_entry.get(cpu)
+        if old is not None:
+            self._close_entry(old)
+        self._open_entry[cpu] = ent
+        lst = self._entries.setdefault(ent.vcpu, [])
+        lst.append(ent)
+        if len(lst) > _PRUNE_AT:
+            self._prune_vcpu(ent.vcpu)
+        if self.keep_all:
+            self.all_entries.append(ent)
+
+    def _enter(self, ev: RawEvent) -> None:
+        ent_open = self._open_entry.get(ev.cpu)
+        if ent_open is not None and ent_open.enter_t is None:
+            ent_open.enter_t = ev.t
+
+    def _eret(self, ev: RawEvent) -> None:
+        cpu = ev.cpu
+        ent_open = self._open_entry.pop(cpu, None)
+        if ent_open is not None:
+            ent_open.eret_t = ev.t
+            self.running[cpu] = ent_open.vcpu
+            self._close_entry(ent_open)
+
+    def _lr_write(self, ev: RawEvent) -> None:
+        ent_open = self._open_entry.get(ev.cpu)
+        if ent_open is not None:
             values = ev.values
-            ex_open.code = values.get("exit_code")
-            ex_open.esr = values.get("esr")
-            vcpu = values.get("vcpu")
-            if vcpu is not None:
-                ex_open.vcpu = vcpu
-            if ex_open.guest_exit_t is not None:
-                # A real exit; an early return of __guest_enter has no guest_exit.
-                hl = self._handled.setdefault(ex_open.vcpu, [])
-                self._seq += 1
-                hl.append((t, self._seq, ex_open))
-                if len(hl) > _PRUNE_AT:
-                    self._prune_vcpu(ex_open.vcpu)
-        elif role == "exit_handler":
-            ex_open = self._open_exit.get(cpu)
-            if (
-                ex_open is not None
-                and ex_open.handle_exit_t is not None
-                and not ex_open.handler_probe
-            ):
-                ex_open.handler_probe = ev.name
-        elif role == "flush":
-            ex_open = self._open_exit.pop(cpu, None)
-            if ex_open is not None:
-                ex_open.d_end = t
-                self._close_exit(ex_open)
-            vcpu = ev.values.get("vcpu")
-            ent = Entry(cpu, vcpu if vcpu is not None else -1, t)
-            old = self._open_entry.get(cpu)
-            if old is not None:
-                self._close_entry(old)
-            self._open_entry[cpu] = ent
-            lst = self._entries.setdefault(ent.vcpu, [])
-            lst.append(ent)
-            if len(lst) > _PRUNE_AT:
-                self._prune_vcpu(ent.vcpu)
-            if self.keep_all:
-                self.all_entries.append(ent)
-        elif role == "enter":
-            ent_open = self._open_entry.get(cpu)
-            if ent_open is not None and ent_open.enter_t is None:
-                ent_open.enter_t = t
-        elif role == "eret":
-            ent_open = self._open_entry.pop(cpu, None)
-            if ent_open is not None:
-                ent_open.eret_t = t
-                self.running[cpu] = ent_open.vcpu
-                self._close_entry(ent_open)
-        elif role == "lr_write":
-            ent_open = self._open_entry.get(cpu)
-            if ent_open is not None:
-                values = ev.values
-                ent_open.lr_writes.append(
-                    (
-                        t,
-                        values.get("lr", -1),
-                        values.get("vintid", -1),
-                        values.get("state", 0),
-                        values.get("hw", 0),
-                    )
+            ent_open.lr_writes.append(
+                (
+                    ev.t,
+                    values.get("lr", -1),
+                    values.get("vintid", -1),
+                    values.get("state", 0),
+                    values.get("hw", 0),
                 )
-        elif role == "ack":
-            intid = ev.values.get("intid")
-            if intid is not None and intid < 1020:  # 1020..1023 are special/spurious
-                self._ack(Ack(t, cpu, self.running.get(cpu, -1), intid))
+            )
+
+    def _ack_event(self, ev: RawEvent) -> None:
+        intid = ev.values.get("intid")
+        if intid is not None and intid < 1020:  # 1020..1023 are special/spurious
+            cpu = ev.cpu
+            self._ack(Ack(ev.t, cpu, self.running.get(cpu, -1), intid))
 
     # -- sources (A) ---------------------------------------------------------------------
 
