@@ -128,7 +128,7 @@ class _Nest:
     def release(self, low: int) -> None:
         # One loop with everything in locals: this runs once per slice and instant.
         buf, stack, track, enc = self.buf, self.stack, self.track, self.enc
-        add, end_packet = self.sink.add, enc.end
+        add, frame, end_rest = self.sink.add, enc.frame, enc.end_rest(track)
         if buf:
             buf.sort()  # the first four fields decide: the creation order is unique
             n = 0
@@ -140,7 +140,7 @@ class _Nest:
                 if it[1]:
                     # Slices ending at ``ts`` close before a slice opens there.
                     while stack and stack[-1] <= ts:
-                        add(end_packet(stack.pop(), track))
+                        add(frame(stack.pop(), end_rest))
                     end = it[4]
                     # A child may not outlive its parent in the UI: clamp to the parent's end.
                     if stack and end > stack[-1]:
@@ -150,12 +150,12 @@ class _Nest:
                 else:
                     # ... but after the instants there.
                     while stack and stack[-1] < ts:
-                        add(end_packet(stack.pop(), track))
+                        add(frame(stack.pop(), end_rest))
                     add(enc.event(ts, TYPE_INSTANT, track, it[5], it[6], terminating=it[7]))
             del buf[:n]
         # Nothing at or after ``low`` can close a slice that ends before it any later.
         while stack and stack[-1] < low:
-            add(end_packet(stack.pop(), track))
+            add(frame(stack.pop(), end_rest))
 
 
 class _Exporter:
@@ -310,6 +310,7 @@ class _Exporter:
         cpu_tracks = self.cpu.get(cpu) or self._cpu(cpu)
         if ev.source == "probe":
             values, name, phase = ev.values, ev.name, ev.phase
+            # The same key as ``export_events``' inline path.
             key = (cpu, name, phase, *values.items()) if values else (cpu, name, phase)
             # Look up before building the arguments: nearly every probe hit repeats one.
             rest = self.instant_rests.get(key)
@@ -549,13 +550,27 @@ def export_events(
         builder.closed_entries,
         builder.chains,
     )
+    feed, raw, running = builder.feed, ex.raw, builder.running
+    add, frame, instant_rests = ex.sink.add, ex.enc.frame, ex.instant_rests
     n = 0
     for ev in events:
         if not n:
             ex.meta_instant(ev.t)
         n += 1
-        builder.feed(ev)
-        ex.raw(ev, builder.running)
+        feed(ev)
+        if ev.source == "probe" and ev.role != "handle_exit":
+            # ``_Exporter.raw``'s probe-hit path for an instant encoded before, inline:
+            # this runs for most events.
+            values = ev.values
+            key = (ev.cpu, ev.name, ev.phase, *values.items()) if values else (
+                ev.cpu, ev.name, ev.phase)  # fmt: skip
+            rest = instant_rests.get(key)
+            if rest is not None:
+                add(frame(ev.t, rest))
+            else:
+                raw(ev, running)
+        else:
+            raw(ev, running)
         if closed_exits:
             for x in closed_exits:
                 ex.exit(x)

@@ -322,11 +322,15 @@ class PacketEncoder:
 
     def end(self, ts: int, track: int) -> bytes:
         """A slice end: the most frequent packet, so its bytes are assembled directly."""
+        return self.frame(ts, self.end_rest(track))
+
+    def end_rest(self, track: int) -> bytes:
+        """What follows the timestamp in a slice end on ``track`` (for ``frame``)."""
         rest = self._end_tails.get(track)
         if rest is None:
             kt = b"\x48\x02\x58" + varint(track)
             rest = self._end_tails[track] = self._prefix + b"\x5a" + varint(len(kt)) + kt
-        return self.frame(ts, rest)
+        return rest
 
 
 def framed(packet_bytes: bytes) -> bytes:

@@ -56,6 +56,8 @@ __all__ = ["DEFAULT_MAX_PENDING_NS", "ChainBuilder"]
 DEFAULT_MAX_PENDING_NS = 1_000_000_000
 #: Roles that end a source's run of calls on its CPU (the A-phase walk-back stops there).
 _BOUNDARY = frozenset(("queue", "eret", "flush", "guest_exit", "handle_exit"))
+#: Probe roles that end or make an A phase (``_probe``).
+_A_ROLES = frozenset(("queue", "kick"))
 #: Prune a per-vCPU or per-CPU list only once it is this long (amortizes the pruning).
 _PRUNE_AT = 48
 
@@ -179,7 +181,12 @@ class ChainBuilder:
             if self._traps:
                 self._resolve_traps(final=False)
         if ev.source == "probe":
-            self._probe(ev)
+            # Most probe hits only join their CPU's history; the rest goes to ``_probe``.
+            hist = self._hist.get(ev.cpu)
+            if hist is not None and len(hist) < _PRUNE_AT and ev.role not in _A_ROLES:
+                hist.append(ev)
+            else:
+                self._probe(ev)
         # One dict lookup instead of a chain of role comparisons (this runs per event).
         handler = self._on_role.get(ev.role)
         if handler is not None:
@@ -388,7 +395,7 @@ class ChainBuilder:
         hist = self._hist.get(cpu)
         if hist is None:
             hist = self._hist[cpu] = []
-        if role in {"queue", "kick"}:
+        if role in _A_ROLES:
             watch = self._a_watch.get(cpu)
             if watch:
                 self._watch_forward(watch, ev)
