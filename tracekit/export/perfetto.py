@@ -23,6 +23,7 @@ Layout (each group is a synthetic "process" so the UI groups it):
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Mapping
 from typing import IO, Any
@@ -62,6 +63,8 @@ BUCKET_NS = 100_000
 RELEASE_EVERY = 2048
 #: Encoded packets gathered before one write to the output (a few MB).
 WRITE_PACKETS = 50_000
+#: Argument name of each phase's duration.
+_PHASE_KEYS = {p: f"phase_{p}_ns" for p in "ABCDEF"}
 _LR_STATES = {0: "invalid", 1: "pending", 2: "active", 3: "pending+active"}
 _META_KEYS = (
     "scenario",
@@ -174,7 +177,8 @@ class _Exporter:
             " (VHE: no EL change, zero length)" if kvm_mode == "vhe" else " (nVHE: eret EL2 -> EL1)"
         )
         self._uuid = 0
-        self._order = 0
+        #: Creation order of slices and instants (a C-level counter: used per slice).
+        self._order = itertools.count(1)
         self.tracks = 0
         self.nests: list[_Nest] = []
         self.meta_proc = self._process(1, "tracekit")
@@ -193,6 +197,7 @@ class _Exporter:
         self.in_guest: dict[int, list[list[Any]]] = {}
         self.describe_cache: dict[tuple[int | None, int | None], tuple[str, dict[str, Any]]] = {}
         self.meta_written = False
+        self.d_titles: dict[tuple[int | None, int | None], str] = {}
 
     # -- tracks ------------------------------------------------------------------------
 
@@ -267,10 +272,6 @@ class _Exporter:
             )
         return tracks
 
-    def _next(self) -> int:
-        self._order += 1
-        return self._order
-
     # -- content -----------------------------------------------------------------------
 
     def meta_instant(self, t0: int) -> None:
@@ -332,7 +333,7 @@ class _Exporter:
             if v >= 0:
                 what = "acknowledge (ICV_IAR1)" if role == "ack" else "end (ICV_EOIR1)"
                 self._vcpu(v).instant(
-                    self._next(),
+                    next(self._order),
                     ev.t,
                     f"{what} INTID {vals.get('intid')}",
                     {"intid": vals.get("intid"), "l1_cpu": ev.cpu},
@@ -359,6 +360,16 @@ class _Exporter:
                     {"targetlist": vals.get("targetlist")},
                 )
             )
+
+    def _d_title(self, code: int | None, esr: int | None) -> str:
+        """A chain's D slice title (cached: a few exit kinds repeat)."""
+        title = self.d_titles.get((code, esr))
+        if title is None:
+            _, ec, handler = self.decoder.describe(code, esr)
+            title = PHASE_TITLES["D"] + f" ({ec or self.decoder.code_name(code)}"
+            title += f" -> {handler})" if handler and ec else ")"
+            self.d_titles[(code, esr)] = title
+        return title
 
     def _count_exit(self, ev: RawEvent) -> None:
         """Exits per second by reason in 100 µs buckets, every bucket from the first to
@@ -395,12 +406,18 @@ class _Exporter:
         nest = self._cpu(ex.cpu)[0]
         reason, dargs = self._describe(ex.code, ex.esr)
         args = {"l1_cpu": ex.cpu, "vcpu": ex.vcpu, "vector": ex.vector or None, **dargs}
+        first = last = None
         for p, s in spans.items():
-            args[f"phase_{p}_ns"] = s.duration
+            args[_PHASE_KEYS[p]] = s.end - s.start
+            if first is None or s.start < first:
+                first = s.start
+            if last is None or s.end > last:
+                last = s.end
+        assert first is not None and last is not None  # spans is not empty
         nest.slice(
-            self._next(),
-            min(s.start for s in spans.values()),
-            max(s.end for s in spans.values()),
+            next(self._order),
+            first,
+            last,
             f"exit vCPU{ex.vcpu}: {reason}",
             args,
             (),
@@ -409,14 +426,14 @@ class _Exporter:
         for ph in ("B", "C", "D"):
             if ph in spans:
                 title = self.c_title if ph == "C" else PHASE_TITLES[ph]
-                nest.slice(self._next(), spans[ph].start, spans[ph].end, title, None, (), True)
+                nest.slice(next(self._order), spans[ph].start, spans[ph].end, title, None, (), True)
 
     def entry(self, ent: Entry) -> None:
         nest, _, lr_track, _ = self._cpu(ent.cpu)
         end = ent.eret_t or ent.enter_t or ent.flush_t
         lrs = ent.lrs_in_use()
         nest.slice(
-            self._next(),
+            next(self._order),
             ent.flush_t,
             end,
             f"entry vCPU{ent.vcpu}",
@@ -425,11 +442,11 @@ class _Exporter:
             True,
         )
         nest.slice(
-            self._next(), ent.flush_t, ent.enter_t or ent.flush_t, PHASE_TITLES["E"], None, (),
+            next(self._order), ent.flush_t, ent.enter_t or ent.flush_t, PHASE_TITLES["E"], None, (),
             True,
         )  # fmt: skip
         if ent.enter_t is not None:
-            nest.slice(self._next(), ent.enter_t, end, PHASE_TITLES["F"], None, (), True)
+            nest.slice(next(self._order), ent.enter_t, end, PHASE_TITLES["F"], None, (), True)
         self._counter(ent.flush_t, lr_track, float(lrs))
         if ent.vcpu >= 0:
             self._vcpu(ent.vcpu)
@@ -449,7 +466,7 @@ class _Exporter:
                     keep.append(item)
                 elif nxt is not None:
                     self.vcpu[v].slice(
-                        self._next(), eret_t, nxt, "in guest", {"l1_cpu": cpu}, (), True
+                        next(self._order), eret_t, nxt, "in guest", {"l1_cpu": cpu}, (), True
                     )
             pend[:] = keep
 
@@ -460,14 +477,15 @@ class _Exporter:
         delivery, source = self._chain_tracks((chain.cls, chain.intid, chain.vcpu, chain.source))
         flows = (FLOW_BASE + chain.id,)
         ph = chain.phases
+        missing = chain.missing  # a property that walks the phases: once
         args: dict[str, Any] = {
             "chain": chain.id,
             "class": chain.cls,
             "intid": chain.intid,
             "vcpu": chain.vcpu,
             "source": chain.source,
-            "complete": chain.complete,
-            "missing": ",".join(chain.missing) or None,
+            "complete": not missing,
+            "missing": ",".join(missing) or None,
             "exit_reason": chain.exit_reason or None,
             "lr": chain.lr,
             "hw": chain.hw,
@@ -476,10 +494,10 @@ class _Exporter:
             "sgi1r": f"{chain.sgi1r:#x}" if chain.sgi1r is not None else None,
         }
         for name, span in ph.items():
-            args[f"phase_{name}_ns"] = span.duration
+            args[_PHASE_KEYS[name]] = span.end - span.start
         if "A" in ph:
             source.slice(
-                self._next(),
+                next(self._order),
                 ph["A"].start,
                 ph["A"].end,
                 PHASE_TITLES["A"],
@@ -490,11 +508,11 @@ class _Exporter:
         delivered = [p for p in ("B", "C", "D", "E", "F") if p in ph]
         start = min([ph[p].start for p in delivered] + [chain.ack.t])
         delivery.slice(
-            self._next(),
+            next(self._order),
             start,
             chain.ack.t,
             f"INTID {chain.intid} -> vCPU{chain.vcpu} #{chain.id}"
-            + ("" if chain.complete else " (partial)"),
+            + ("" if not missing else " (partial)"),
             args,
             (),
             False,  # unique per chain: interning would only add bytes
@@ -503,12 +521,12 @@ class _Exporter:
         for p in delivered:
             title = self.c_title if p == "C" else PHASE_TITLES[p]
             if p == "D" and chain.exit is not None:
-                _, ec, handler = self.decoder.describe(chain.exit.code, chain.exit.esr)
-                title += f" ({ec or self.decoder.code_name(chain.exit.code)}"
-                title += f" -> {handler})" if handler and ec else ")"
-            delivery.slice(self._next(), ph[p].start, ph[p].end, title, phase_args, flows, True)
+                title = self._d_title(chain.exit.code, chain.exit.esr)
+            delivery.slice(
+                next(self._order), ph[p].start, ph[p].end, title, phase_args, flows, True
+            )
         delivery.instant(
-            self._next(),
+            next(self._order),
             chain.ack.t,
             f"L2 acknowledges INTID {chain.intid}",
             {"l1_cpu": chain.ack.cpu},
