@@ -159,6 +159,18 @@ def _probe_meta(probes: ResolvedProbeSet) -> list[dict[str, Any]]:
     ]
 
 
+def parse_value_array(text: str, n: int) -> list[int] | None:
+    """GDB's value of an array literal of ``n`` integers (``{1, 2, 3}``), else None."""
+    inner = text.strip()
+    if not (inner.startswith("{") and inner.endswith("}")):
+        return None
+    try:
+        values = [int(part.strip().split()[0], 0) for part in inner[1:-1].split(",")]
+    except (ValueError, IndexError):
+        return None
+    return values if len(values) == n else None
+
+
 def plugin_probe_file(probes: ResolvedProbeSet) -> str:
     """The timebase plugin's input: probe PCs, and ``m PC`` for pointer sites."""
     lines = [f"{p.stamp_address:x}\n" for p in probes.probes]
@@ -199,7 +211,7 @@ class Recorder:
         self.raw_dir = raw_dir_for(options.output)
         self._hits_file: TextIO | None = None
         self._seq = 0
-        self._inflight: dict[int, tuple[dict[str, Any], str]] = {}
+        self._inflight: dict[int, tuple[dict[str, Any], list[str]]] = {}
         self._probes_by_bkpt: dict[str, ResolvedProbe] = {}
         self._thread_cpu: dict[str, int] = {}
         self._qemu_pid: int | None = None
@@ -245,6 +257,15 @@ class Recorder:
             "-gdb-set architecture aarch64",
             "-gdb-set pagination off",
             "-gdb-set confirm off",
+            # Values come back as one array ({a, b, c}): never "<repeats N times>".
+            "-gdb-set print repeats unlimited",
+            # Cache target memory in 64-byte lines while the VM is stopped: the fields
+            # a probe reads share a line or two, and GDB's own look at the code around
+            # the PC (after the stop and after the PC write) comes from the cache. GDB
+            # drops its data cache whenever the target resumes, so nothing is stale.
+            # Halves the remote-protocol round trips per stop (docs/performance.md).
+            "-gdb-set mem inaccessible-by-default off",
+            '-interpreter-exec console "mem 0xffff000000000000 0xfffffffffffff000 cache"',
             "-gdb-set breakpoint pending off",
             # Keep breakpoints in QEMU across stops: each insert/remove flushes its
             # translation cache (and resuming past skip_entry probes needs no removal).
@@ -286,7 +307,11 @@ class Recorder:
         self.stats.stops += 1
         if self._hyp_pending:
             self._install_hyp_probes(mi)
-        exprs = [("cpsr", "$cpsr"), ("hcr", "$HCR_EL2"), *probe.gdb_captures]
+        # VHE: the exception level alone tells host from guest (see _world).
+        world = [("cpsr", "$cpsr")]
+        if self.opts.profile.kvm_mode != "vhe":
+            world.append(("hcr", "$HCR_EL2"))
+        exprs = [*world, *probe.gdb_captures]
         hit: dict[str, Any] = {
             "seq": self._seq,
             "probe": probe.name,
@@ -294,33 +319,30 @@ class Recorder:
             "pc": pc,
             "values": {},
             "errors": {},
-            "remaining": len(exprs),
         }
         self._seq += 1
-        cmds = [f'-data-evaluate-expression "(unsigned long)({e})"' for _, e in exprs]
+        # One MI command for all values (an array literal): every command is a GDB/MI
+        # round trip while the whole VM is stopped.
+        array = ", ".join(f"(unsigned long)({e})" for _, e in exprs)
+        cmds = [f'-data-evaluate-expression "{{{array}}}"']
         if probe.skip_entry:
             # Resume after the patchable-entry instruction (see probes/resolve.py).
             cmds.append(f"-gdb-set var $pc = {probe.address + 4:#x}")
         tokens = mi.send([*cmds, "-exec-continue"])
-        for (name, _), token in zip(exprs, tokens, strict=False):
-            self._inflight[token] = (hit, name)
+        self._inflight[tokens[0]] = (hit, [name for name, _ in exprs])
 
     def _on_result(self, rec: MiRecord) -> None:
         assert rec.token is not None
-        hit, name = self._inflight.pop(rec.token)
-        if rec.message == "done" and isinstance(rec.payload, dict):
-            try:
-                hit["values"][name] = int(str(rec.payload.get("value")).split()[0], 0)
-            except ValueError:
-                hit["values"][name] = None
-                hit["errors"][name] = str(rec.payload.get("value"))
+        hit, names = self._inflight.pop(rec.token)
+        payload = rec.payload if isinstance(rec.payload, dict) else {}
+        values = parse_value_array(str(payload.get("value", "")), len(names))
+        if rec.message == "done" and values is not None:
+            hit["values"].update(zip(names, values, strict=True))
         else:
-            msg = rec.payload.get("msg", "") if isinstance(rec.payload, dict) else ""
-            hit["values"][name] = None
-            hit["errors"][name] = str(msg)
-        hit["remaining"] -= 1
-        if hit["remaining"] == 0:
-            self._finish_hit(hit)
+            why = str(payload.get("msg") or payload.get("value") or "no value")
+            hit["values"].update(dict.fromkeys(names))
+            hit["errors"].update(dict.fromkeys(names, why))
+        self._finish_hit(hit)
 
     def _finish_hit(self, hit: dict[str, Any]) -> None:
         cpsr = hit["values"].pop("cpsr", None)
@@ -329,7 +351,6 @@ class Recorder:
         hit["el"] = el
         hit["world"] = _world(el, hcr, self.opts.profile.kvm_mode)
         hit["host"] = hit["world"] == "l1-host"
-        del hit["remaining"]
         if not hit["errors"]:
             del hit["errors"]
         if hit["host"]:
