@@ -162,7 +162,7 @@ def _probe_meta(probes: ResolvedProbeSet) -> list[dict[str, Any]]:
 def parse_value_array(text: str, n: int) -> list[int] | None:
     """GDB's value of an array literal of ``n`` integers (``{1, 2, 3}``), else None."""
     inner = text.strip()
-    if not (inner.startswith("{") and inner.endswith("}")):
+    if not (inner.startswith("{") and inner.endswith("}")) or "<" in inner:
         return None
     try:
         values = [int(part.strip().split()[0], 0) for part in inner[1:-1].split(",")]
