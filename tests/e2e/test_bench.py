@@ -14,6 +14,9 @@ KEYS = (
     "host_ms_per_event",
     "events_per_interrupt",
     "host_ms_per_stop",
+    "host_ms_per_stop_paused",
+    "host_ms_per_stop_after",
+    "stops_per_interrupt",
     "mi_roundtrip_ms",
     "guest_dilation",
     "export_events_per_s",
@@ -52,6 +55,8 @@ def test_bench_reports_every_figure(guest_assets: object) -> None:
     # dilation of a sub-millisecond workload is noise; only sanity is checked here.
     for key in (
         "host_ms_per_event",
+        "host_ms_per_stop_paused",
+        "stops_per_interrupt",
         "mi_roundtrip_ms",
         "guest_dilation",
         "export_events_per_s",
@@ -62,5 +67,4 @@ def test_bench_reports_every_figure(guest_assets: object) -> None:
         assert data[key] > 0, key
     assert data["events_per_interrupt"] > 5
     assert data["guest_dilation"] < 1000
-    assert data["export_ratio_vs_raw"] >= 1
     assert set(data["targets"]) <= set(KEYS)

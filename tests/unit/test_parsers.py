@@ -107,3 +107,19 @@ def test_mi_records() -> None:
         parse_record("1^done,value=" + '"' * 3 + "{")
     except DebuggerError:
         pass
+
+
+def test_debugger_stops_are_timed_from_qemus_own_trace_events() -> None:
+    st = LogStats()
+    lines = [
+        "99@1700000000.000000:gdbstub_op_continue_cpu Continuing CPU 0",  # the first start
+        "99@1700000001.000000:gdbstub_hit_break RUN_STATE_DEBUG",
+        "TKP 0 10 5",
+        "99@1700000001.004000:gdbstub_op_continue_cpu Continuing CPU 0",
+        "99@1700000001.004010:gdbstub_op_continue_cpu Continuing CPU 1",
+        "99@1700000002.000000:gdbstub_hit_break RUN_STATE_DEBUG",
+        "99@1700000002.002000:gdbstub_op_continue_cpu Continuing CPU 0",
+    ]
+    items = list(parse_qemu_log(lines, st))
+    assert items == [ProbeTiming(0, 0x10, 5)]
+    assert st.debug_stops == 2 and abs(st.debug_paused_s - 0.006) < 1e-6

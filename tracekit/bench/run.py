@@ -88,15 +88,25 @@ def run_bench(
     traced_window = float(meta["ground_truth_s"]) - float(meta["l1_ready_s"])
     events = len(rec.events)
     stops = int(meta["stops_at_ground_truth"])
+    debug_stops = int(meta["merge"].get("debug_stops", 0))
+    paused_s = float(meta["merge"].get("debug_paused_s", 0.0))
     interrupts = sum(rec.ground_truth.per_class().values())
     results.update(
         {
             "host_ms_per_event": round(traced_window * 1000 / max(events, 1), 3),
             "events_per_interrupt": round(events / max(interrupts, 1), 2),
+            "stops_per_interrupt": round(stops / max(interrupts, 1), 2),
             "host_ms_per_stop": round(
                 (traced_window - plain.wall_scenario_s) * 1000 / max(stops, 1), 3
             ),
             "host_ms_per_stop_raw": round(traced_window * 1000 / max(stops, 1), 3),
+            # Of a stop's cost: the time the VM stays stopped (QEMU's own gdbstub trace
+            # events), and the rest, which is the guest running slower afterwards (QEMU
+            # 7.2 flushes its translation cache at every breakpoint stop).
+            "host_ms_per_stop_paused": round(paused_s * 1000 / max(debug_stops, 1), 3),
+            "host_ms_per_stop_after": round(
+                ((traced_window - plain.wall_scenario_s) - paused_s) * 1000 / max(stops, 1), 3
+            ),
             "mi_roundtrip_ms": meta["mi_roundtrip_ms"],
             "guest_dilation": round(rec.ground_truth.l1_ns / max(plain.ground_truth.l1_ns, 1), 3),
             "export_events_per_s": round(ex["events"] / ex["export_s"]),

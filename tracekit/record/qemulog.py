@@ -25,7 +25,7 @@ __all__ = [
     "parse_qemu_log",
 ]
 
-_PREFIX = re.compile(r"^\d+@\d+\.\d+:")
+_PREFIX = re.compile(r"^\d+@(\d+\.\d+):")
 _LR_WRITE = re.compile(r"ICH_LR(\d+)_EL2 write cpu 0x([0-9a-f]+) value 0x([0-9a-f]+)")
 _IAR = re.compile(r"ICV_IAR(\d) read cpu 0x([0-9a-f]+) value 0x([0-9a-f]+)")
 _EOIR = re.compile(r"ICV_EOIR(\d) write cpu 0x([0-9a-f]+) value 0x([0-9a-f]+)")
@@ -88,6 +88,10 @@ class LogStats:
     probe_lines: int = 0
     gic_events: int = 0
     exceptions: int = 0
+    #: Debugger stops QEMU logged (gdbstub_hit_break) and the host seconds the VM stayed
+    #: stopped in them (until the next gdbstub_op_continue_cpu).
+    debug_stops: int = 0
+    debug_paused_s: float = 0.0
     ignored: int = 0
     untimed_gic: int = 0
     end_t: int | None = None
@@ -117,12 +121,23 @@ def parse_qemu_log(
     st = stats if stats is not None else LogStats()
     marker: dict[int, int] = {}
     taking: dict[str, int | str | None] | None = None
+    stopped_at: float | None = None
     for raw in lines:
         st.lines += 1
-        line = _PREFIX.sub("", raw.strip())
+        text = raw.strip()
+        stamp = _PREFIX.match(text)
+        line = text[stamp.end() :] if stamp else text
         if not line:
             continue
         try:
+            if line.startswith("gdbstub_"):
+                if stamp and line.startswith("gdbstub_hit_break"):
+                    st.debug_stops += 1
+                    stopped_at = float(stamp.group(1))
+                elif stamp and stopped_at is not None and line.startswith("gdbstub_op_cont"):
+                    st.debug_paused_s += float(stamp.group(1)) - stopped_at
+                    stopped_at = None
+                continue
             if line.startswith("TKP "):
                 _, cpu, pc, t = line.split()
                 st.probe_lines += 1

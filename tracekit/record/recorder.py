@@ -58,6 +58,9 @@ GIC_TRACE_EVENTS = (
     "gicv3_icv_eoir_write",
     "gicv3_icc_generate_sgi",
 )
+#: QEMU's own record of each debugger stop, in host time (-trace + -msg timestamp=on):
+#: how long the VM stays stopped per breakpoint (docs/performance.md).
+GDBSTUB_TRACE_EVENTS = ("gdbstub_hit_break", "gdbstub_op_continue_cpu")
 
 
 def raw_dir_for(output: Path) -> Path:
@@ -406,6 +409,7 @@ class Recorder:
             gdb=True,
             # Exception records: the guest's syndrome at each exit without a stop.
             log_items=("int",),
+            trace_events=GDBSTUB_TRACE_EVENTS,
             plugin=plugin,
             plugin_args=(f"probes={self.raw_dir / 'probes.txt'}",),
             log_file=self.raw_dir / "qemu.log",
@@ -509,6 +513,8 @@ class Recorder:
             "inference": mstats.inference,
             "disagreements": mstats.disagreements,
             "gic_events": mstats.log.gic_events,
+            "debug_stops": mstats.log.debug_stops,
+            "debug_paused_s": round(mstats.log.debug_paused_s, 4),
             "untimed_gic": mstats.log.untimed_gic,
             "end_t": mstats.log.end_t,
             "per_probe": mstats.per_probe,
