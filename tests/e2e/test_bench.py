@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+
+from tests.cli import run_tracekit
 
 pytestmark = pytest.mark.e2e
 
@@ -27,23 +27,15 @@ KEYS = (
 
 
 def test_bench_reports_every_figure(guest_assets: object) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tracekit",
-            "bench",
-            "--scenario",
-            "ipi",
-            "--count",
-            "5",
-            "--export-events",
-            "20000",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    out = run_tracekit(
+        "bench",
+        "--scenario",
+        "ipi",
+        "--count",
+        "5",
+        "--export-events",
+        "20000",
+        "--json",
         timeout=900,
     )
     assert out.returncode == 0, out.stderr[-2000:]

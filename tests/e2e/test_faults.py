@@ -7,14 +7,13 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.cli import run_tracekit, start_tracekit
 from tests.sockets import descendants
 
 pytestmark = pytest.mark.e2e
@@ -30,23 +29,8 @@ def comm(pid: int) -> str:
 class Recording:
     def __init__(self, tmp: Path, *extra: str) -> None:
         self.out = tmp / "fault.pftrace"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tracekit",
-                "record",
-                "--scenario",
-                "mixed",
-                "--count",
-                "200",
-                "-o",
-                str(self.out),
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        self.proc = start_tracekit(
+            "record", "--scenario", "mixed", "--count", "200", "-o", str(self.out), *extra
         )
         self.seen: set[int] = set()
         self.runtime: Path | None = None
@@ -96,12 +80,7 @@ def check_aftermath(rec: Recording, rc: int, err: str, want: str) -> dict[str, A
     ]
     assert leftovers == [], leftovers
     assert rec.runtime is not None and not rec.runtime.exists(), "runtime dir/sockets left"
-    summary = subprocess.run(
-        [sys.executable, "-m", "tracekit", "summary", str(rec.out), "--json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    summary = run_tracekit("summary", str(rec.out), "--json")
     assert summary.returncode == 0, summary.stderr
     data: dict[str, Any] = json.loads(summary.stdout)
     assert data["incomplete_reason"], "the partial trace must say it is incomplete"
@@ -177,23 +156,8 @@ def test_three_recordings_at_once_do_not_interfere(tmp_path: Path, guest_assets:
         procs.append(
             (
                 out,
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "tracekit",
-                        "record",
-                        "--scenario",
-                        "ipi",
-                        "--count",
-                        "10",
-                        "--json",
-                        "-o",
-                        str(out),
-                    ],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
+                start_tracekit(
+                    "record", "--scenario", "ipi", "--count", "10", "--json", "-o", str(out)
                 ),
             )
         )

@@ -3,34 +3,26 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
+
+from tests.cli import run_tracekit
 
 pytestmark = pytest.mark.e2e
 
 
 def guest_run(scenario: str, count: int, vcpus: int = 2) -> dict[str, Any]:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tracekit",
-            "guest",
-            "run",
-            "--scenario",
-            scenario,
-            "--count",
-            str(count),
-            "--vcpus",
-            str(vcpus),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    proc = run_tracekit(
+        "guest",
+        "run",
+        "--scenario",
+        scenario,
+        "--count",
+        str(count),
+        "--vcpus",
+        str(vcpus),
+        "--json",
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -3,36 +3,28 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.cli import run_tracekit
+
 pytestmark = pytest.mark.e2e
 
 
 def record(out: Path, mode: str) -> dict[str, Any]:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tracekit",
-            "record",
-            "--kvm-mode",
-            mode,
-            "--scenario",
-            "mixed",
-            "--count",
-            "10",
-            "--json",
-            "-o",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    proc = run_tracekit(
+        "record",
+        "--kvm-mode",
+        mode,
+        "--scenario",
+        "mixed",
+        "--count",
+        "10",
+        "--json",
+        "-o",
+        str(out),
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -68,20 +60,7 @@ def test_nvhe_chains_complete_with_real_phase_c(traces: dict[str, Any]) -> None:
 
 
 def test_diff_shows_both_modes(traces: dict[str, Any]) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tracekit",
-            "diff",
-            str(traces["vhe"][0]),
-            str(traces["nvhe"][0]),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = run_tracekit("diff", str(traces["vhe"][0]), str(traces["nvhe"][0]), "--json", check=True)
     d = json.loads(out.stdout)
     assert (d["a"]["kvm_mode"], d["b"]["kvm_mode"]) == ("vhe", "nvhe")
     c_rows = [r for r in d["phases"] if r["phase"] == "C"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -13,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.cli import run_tracekit, start_tracekit
 from tests.sockets import descendants, listening_tcp
 from tracekit.export.reader import read_trace
 
@@ -22,24 +21,8 @@ MISSION = ("vgic_queue_irq_unlock", "handle_exit", "kvm_vgic_flush_hwstate")
 
 
 def _record(out: Path, *extra: str) -> dict[str, Any]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tracekit",
-            "record",
-            "--scenario",
-            "mixed",
-            "--count",
-            "20",
-            "--json",
-            "-o",
-            str(out),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_tracekit(
+        "record", "--scenario", "mixed", "--count", "20", "--json", "-o", str(out), *extra
     )
     listeners: list[tuple[int, str]] = []
     watched: set[int] = set()
@@ -152,10 +135,5 @@ def test_trace_parses_back_balanced(mixed: dict[str, Any]) -> None:
     content = read_trace(mixed["out"])
     assert content.problems == []
     assert not content.unterminated_flows()
-    summary = subprocess.run(
-        [sys.executable, "-m", "tracekit", "summary", str(mixed["out"]), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    summary = run_tracekit("summary", str(mixed["out"]), "--json", check=True)
     assert json.loads(summary.stdout)["classes"] == mixed["summary"]["classes"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.cli import run_tracekit
 
 pytestmark = pytest.mark.integration
 
@@ -15,14 +16,7 @@ RAW = Path(__file__).parents[1] / "data" / "raw" / "mixed5"
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tracekit", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    return run_tracekit(*args, env={"COLUMNS": "200"})
 
 
 def one_line_error(out: subprocess.CompletedProcess[str], *needles: str) -> None:
