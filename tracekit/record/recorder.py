@@ -626,12 +626,21 @@ class Recorder:
             log.debug("GDB error: %s", msg)
         return None
 
-    def _raise_qemu_exited(self, qemu: QemuProcess) -> NoReturn:
-        """QEMU is gone before the ground truth: name the cause from its last output."""
-        for line in qemu.final_lines():
-            self.stats.console_tail = ([*self.stats.console_tail, line])[-8:]
+    def _raise_qemu_exited(self, qemu: QemuProcess, gdb_lost: str | None = None) -> NoReturn:
+        """The run ended before the ground truth: name the cause from QEMU's last output.
+
+        A panicking L1 (panic=-1, -no-reboot) makes QEMU exit; GDB may notice first, and
+        the panic message may still sit in the console reader, so read it to the end
+        (or, if QEMU is still shutting down, what has arrived) before blaming GDB.
+        """
+        exited = qemu.poll() is not None
+        fresh = qemu.final_lines() if exited else qemu.drain_lines()
+        self.stats.console_tail = [*self.stats.console_tail, *fresh][-8:]
+        for line in [*fresh, *qemu.console_tail]:
             if "Kernel panic" in line:
                 raise VMError(f"the L1 kernel panicked: {line.strip()[:120]}")
+        if not exited and gdb_lost is not None:
+            raise DebuggerError(f"GDB lost the target: {gdb_lost}")
         tail = qemu.stderr_tail()
         raise VMError(
             f"QEMU exited (code {qemu.poll()}) before the ground truth"
@@ -658,10 +667,8 @@ class Recorder:
                         return truth, "ground-truth"
                     # GDB notices a dead QEMU first; name the real cause when it is that.
                     with contextlib.suppress(VMError):
-                        qemu.wait(2.0)
-                    if qemu.poll() is not None:
-                        self._raise_qemu_exited(qemu)
-                    raise DebuggerError(f"GDB lost the target: {lost}")
+                        qemu.wait(5.0)
+                    self._raise_qemu_exited(qemu, gdb_lost=lost)
                 # A busy guest keeps GDB talking without pause: hand control back to the
                 # rest of the loop (console, Ctrl-C, deadlines) at least every 100 ms.
                 if last_progress - batch_start > 0.1:
