@@ -34,6 +34,7 @@ class Recording:
         )
         self.seen: set[int] = set()
         self.runtime: Path | None = None
+        self.started = time.time()
 
     def children(self) -> dict[str, int]:
         pids = descendants(self.proc.pid)
@@ -80,6 +81,9 @@ def check_aftermath(rec: Recording, rc: int, err: str, want: str) -> dict[str, A
     ]
     assert leftovers == [], leftovers
     assert rec.runtime is not None and not rec.runtime.exists(), "runtime dir/sockets left"
+    # A child that aborted (GDB does, when QEMU vanishes mid-exchange) left no core file.
+    cores = [c for c in Path.cwd().glob("core*") if c.stat().st_mtime >= rec.started]
+    assert cores == [], cores
     summary = run_tracekit("summary", str(rec.out), "--json")
     assert summary.returncode == 0, summary.stderr
     data: dict[str, Any] = json.loads(summary.stdout)

@@ -62,8 +62,13 @@ class MiSession:
     def __init__(self, gdb: str, *, transcript: Path | None = None) -> None:
         try:
             # setsid: a terminal's Ctrl-C must reach tracekit only (which then stops in
-            # order), not GDB, which would interrupt the target on its own.
-            prefix = ["setsid"] if shutil.which("setsid") else []
+            # order), not GDB, which would interrupt the target on its own. prlimit: GDB
+            # 13 can abort on an internal error when QEMU vanishes mid-exchange (seen
+            # when a second Ctrl-C kills QEMU); that must not leave a core file in the
+            # user's working directory. Both exec the next program (util-linux).
+            prefix = [tool for tool in ("setsid",) if shutil.which(tool)]
+            if shutil.which("prlimit"):
+                prefix += ["prlimit", "--core=0"]
             self._ctl = GdbController(
                 command=[*prefix, gdb, "--nx", "--quiet", "--interpreter=mi3"],
                 time_to_check_for_additional_output_sec=0.0,

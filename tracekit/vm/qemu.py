@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import logging
 import queue
+import resource
 import signal
 import subprocess
 import threading
@@ -34,6 +35,8 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # A QEMU that aborts must not leave a core file of guest memory in the user's cwd.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 class QemuProcess:
