@@ -13,6 +13,7 @@ pytestmark = pytest.mark.e2e
 KEYS = (
     "host_ms_per_event",
     "events_per_interrupt",
+    "host_ms_per_interrupt",
     "host_ms_per_stop",
     "host_ms_per_stop_paused",
     "host_ms_per_stop_after",

@@ -15,6 +15,7 @@ __all__ = ["bench"]
 ROWS = (
     ("host_ms_per_event", "host ms per recorded event (traced run)"),
     ("events_per_interrupt", "recorded events per interrupt"),
+    ("host_ms_per_interrupt", "host ms per interrupt (traced run)"),
     ("host_ms_per_stop", "host ms per debugger stop (traced - untraced, per stop)"),
     ("host_ms_per_stop_paused", "  of which the VM stays stopped (ms)"),
     ("host_ms_per_stop_after", "  of which the guest runs slower afterwards (ms)"),
