@@ -109,9 +109,7 @@ def parse_trace(data: bytes, source: str = "trace") -> TraceContent:
             begin_name, start, args = stack.pop()
             if pkt.timestamp < start:
                 content.problems.append(f"slice {begin_name!r} ends before it begins")
-            content.slices.append(
-                Slice(track, begin_name, start, pkt.timestamp, args, len(stack))
-            )
+            content.slices.append(Slice(track, begin_name, start, pkt.timestamp, args, len(stack)))
         elif ev.type == pb.TrackEvent.TYPE_INSTANT:
             content.instants.append(
                 Slice(
