@@ -386,9 +386,12 @@ class _Exporter:
         if bucket == cur:
             st[2] += 1
             return
-        for k in range(cur, bucket):
-            self._counter(k * BUCKET_NS, track, count * 1e9 / BUCKET_NS)
-            count = 0
+        # A counter holds its value until the next sample: the finished bucket's rate,
+        # then one zero if empty buckets follow (not one zero per empty bucket: an idle
+        # second would otherwise cost 10 000 packets per exit reason).
+        self._counter(cur * BUCKET_NS, track, count * 1e9 / BUCKET_NS)
+        if bucket > cur + 1:
+            self._counter((cur + 1) * BUCKET_NS, track, 0.0)
         st[1], st[2] = bucket, 1
 
     def _counter(self, ts: int, track: int, value: float) -> None:
