@@ -227,13 +227,7 @@ class ChainBuilder:
 
     def low_water(self) -> int:
         """No exit, entry or chain emitted later has a span starting before this time."""
-        lw = self.now
-        for vt, _ in self._pending_vector.values():
-            lw = min(lw, vt)
-        for ex in self._open_exit.values():
-            s = ex.start
-            if s is not None:
-                lw = min(lw, s)
+        lw = self.exits_low_water()
         for ent in self._open_entry.values():
             lw = min(lw, ent.flush_t)
         for lst in self._entries.values():
