@@ -170,3 +170,8 @@ def test_probe_set_rejects_unread_or_unknown_inference(
 def test_inferred_probe_stops_only_when_reading_values() -> None:
     spec = next(p for p in load_probe_set().probes if p.name == "handle_exit")
     assert spec.infer and not spec.stops() and spec.stops(read_values=True)
+
+
+def test_decoder_finds_exit_codes_by_name() -> None:
+    decoder = load_probe_set().decoder
+    assert decoder.code("IRQ") == 0 and decoder.code("TRAP") == 2 and decoder.code("nope") is None

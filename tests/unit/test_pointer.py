@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from tracekit.errors import SymbolError
+from tracekit.gdb.mi import parse_value_array
 from tracekit.probes.pointer import PointerSite, find_pointer_site
-from tracekit.record.recorder import parse_value_array
 
 pytestmark = pytest.mark.unit
 

@@ -23,7 +23,7 @@ from pygdbmi.gdbcontroller import GdbController
 
 from tracekit.errors import DebuggerError
 
-__all__ = ["MiRecord", "MiSession", "parse_record"]
+__all__ = ["MiRecord", "MiSession", "parse_record", "parse_value_array"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,18 @@ def parse_record(line: str) -> MiRecord | None:
         raw.get("payload"),
         int(token) if isinstance(token, int) else None,
     )
+
+
+def parse_value_array(text: str, n: int) -> list[int] | None:
+    """GDB's value of an array literal of ``n`` integers (``{1, 2, 3}``), else None."""
+    inner = text.strip()
+    if not (inner.startswith("{") and inner.endswith("}")) or "<" in inner:
+        return None
+    try:
+        values = [int(part.strip().split()[0], 0) for part in inner[1:-1].split(",")]
+    except (ValueError, IndexError):
+        return None
+    return values if len(values) == n else None
 
 
 class MiSession:

@@ -87,6 +87,10 @@ class ExitDecoder:
         base = code & ~(1 << 31)  # ARM_EXCEPTION_CODE(): bit 31 flags a pending SError
         return self.exit_codes.get(base, f"code {base:#x}")
 
+    def code(self, name: str) -> int | None:
+        """The exit code with this name (e.g. "IRQ"), if the table has it."""
+        return next((code for code, known in self.exit_codes.items() if known == name), None)
+
     def ec_of(self, esr: int | None) -> int | None:
         return None if esr is None else (esr >> 26) & 0x3F
 

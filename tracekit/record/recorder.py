@@ -22,7 +22,7 @@ from typing import Any, NoReturn, TextIO
 
 from tracekit.config import MachineProfile, ToolPaths
 from tracekit.errors import DebuggerError, TracekitError, VMError
-from tracekit.gdb.mi import MiRecord, MiSession
+from tracekit.gdb.mi import MiRecord, MiSession, parse_value_array
 from tracekit.guest.assets import GuestAssets
 from tracekit.guest.runner import (
     DONE,
@@ -38,7 +38,7 @@ from tracekit.kernel.kallsyms import SymbolTable
 from tracekit.model.events import RawEvent
 from tracekit.model.ground_truth import GROUND_TRUTH_PREFIX, GroundTruth, parse_ground_truth_line
 from tracekit.probes.resolve import ResolvedProbe, ResolvedProbeSet, resolve_probes
-from tracekit.probes.spec import load_probe_set
+from tracekit.probes.spec import ProbeSet, load_probe_set
 from tracekit.record.merge import MergeStats
 from tracekit.record.pipeline import remerge
 from tracekit.vm.argv import LaunchSpec, build_argv
@@ -127,12 +127,12 @@ def _offset_resolver(assets: GuestAssets) -> Callable[[str], int]:
 
 
 def resolve_for(
-    assets: GuestAssets, probe_set: str, kvm_mode: str = "vhe", *, read_values: bool = False
+    assets: GuestAssets, pset: ProbeSet, kvm_mode: str = "vhe", *, read_values: bool = False
 ) -> tuple[ResolvedProbeSet, SymbolTable]:
     symbols = SymbolTable.from_json(Path(assets.symbols).read_text())
     image = assets.image_path.read_bytes()
     resolved = resolve_probes(
-        load_probe_set(probe_set),
+        pset,
         symbols,
         image,
         _offset_resolver(assets),
@@ -160,18 +160,6 @@ def _probe_meta(probes: ResolvedProbeSet) -> list[dict[str, Any]]:
         }
         for p in probes.probes
     ]
-
-
-def parse_value_array(text: str, n: int) -> list[int] | None:
-    """GDB's value of an array literal of ``n`` integers (``{1, 2, 3}``), else None."""
-    inner = text.strip()
-    if not (inner.startswith("{") and inner.endswith("}")) or "<" in inner:
-        return None
-    try:
-        values = [int(part.strip().split()[0], 0) for part in inner[1:-1].split(",")]
-    except (ValueError, IndexError):
-        return None
-    return values if len(values) == n else None
 
 
 def plugin_probe_file(probes: ResolvedProbeSet) -> str:
@@ -231,9 +219,10 @@ class Recorder:
     def _prepare(self) -> tuple[ResolvedProbeSet, Path]:
         self.stats.phase = "resolving probes"
         self.on_update(self.stats)
+        self._probe_set = load_probe_set(self.opts.probe_set)
         probes, self._symbols = resolve_for(
             self.assets,
-            self.opts.probe_set,
+            self._probe_set,
             self.opts.profile.kvm_mode,
             read_values=self.opts.read_values,
         )
@@ -431,7 +420,8 @@ class Recorder:
             "host_el": self.host_el,
             "probe_set": self.opts.probe_set,
             "read_values": self.opts.read_values,
-            "irq_exit_code": self._irq_exit_code(),
+            # The exit code of __guest_enter's early return (model/context.py).
+            "irq_exit_code": self._probe_set.decoder.code("IRQ"),
         }
         truth: GroundTruth | None = None
         ended_by = "unknown"
@@ -523,10 +513,6 @@ class Recorder:
         return RecordResult(
             self.opts.output, self.raw_dir, events, truth, meta, mstats, ended_by, incomplete
         )
-
-    def _irq_exit_code(self) -> int | None:
-        codes = load_probe_set(self.opts.probe_set).decoder.exit_codes
-        return next((code for code, name in codes.items() if name == "IRQ"), None)
 
     @staticmethod
     def _needs_hyp(probes: ResolvedProbeSet) -> bool:
