@@ -80,13 +80,19 @@ def infer_values(
     """
     result = InferenceResult([])
     st = _State()
+    # The vCPU first: exit_vector looks up the exit of the event's own vCPU.
+    ordered = {
+        name: sorted(wanted.items(), key=lambda kv: kv[1] == "exit_vector")
+        for name, wanted in rules.items()
+        if wanted
+    }
     for raw in events:
         ev = raw
         if ev.source == "probe":
             ptr, idx = ev.values.get("vcpu_ptr"), ev.values.get("vcpu")
             if ptr is not None and idx is not None:
                 st.vcpu_at[ptr] = idx
-            wanted = rules.get(ev.name)
+            wanted = ordered.get(ev.name)
             if wanted:
                 ev = _apply(ev, wanted, st, result)
             _update(ev, st, irq_exit_code)
@@ -95,12 +101,11 @@ def infer_values(
 
 
 def _apply(
-    ev: RawEvent, wanted: Mapping[str, str], st: _State, result: InferenceResult
+    ev: RawEvent, wanted: Sequence[tuple[str, str]], st: _State, result: InferenceResult
 ) -> RawEvent:
+    """``wanted``: (value, rule) pairs, exit_vector rules last."""
     values = dict(ev.values)
-    # The vCPU first: exit_vector looks up the exit of the event's own vCPU.
-    order = sorted(wanted.items(), key=lambda kv: kv[1] == "exit_vector")
-    for name, rule in order:
+    for name, rule in wanted:
         guess: int | None
         if rule == "resident_vcpu":
             guess = st.resident.get(ev.cpu)
