@@ -120,7 +120,7 @@ def parse_qemu_log(
     """
     st = stats if stats is not None else LogStats()
     marker: dict[int, int] = {}
-    taking: dict[str, int | str | None] | None = None
+    taking: _Taking | None = None
     stopped_at: float | None = None
     for raw in lines:
         st.lines += 1
@@ -151,7 +151,7 @@ def parse_qemu_log(
             elif line.startswith("TKE "):
                 st.end_t = int(line.split()[1])
             elif line.startswith("Taking exception ") and (m := _TAKING.match(line)):
-                taking = {"excp": int(m.group(1)), "name": m.group(2), "cpu": int(m.group(3))}
+                taking = _Taking(int(m.group(3)), int(m.group(1)), m.group(2))
             elif line.startswith("...") and taking is not None:
                 record = _exception_line(line, taking)
                 if record is not None:
@@ -175,73 +175,54 @@ def parse_qemu_log(
                 st.errors.append(f"unparsable log line {line[:60]!r}")
 
 
-def _exception_line(line: str, taking: dict[str, int | str | None]) -> ExceptionRecord | None:
+@dataclass
+class _Taking:
+    """An exception record being read, line by line."""
+
+    cpu: int
+    excp: int
+    name: str
+    from_el: int = -1
+    esr: int | None = None
+    elr: int | None = None
+
+
+def _exception_line(line: str, taking: _Taking) -> ExceptionRecord | None:
     """Add one ``...`` line to the record being read; the ``...to ELn PC`` line ends it."""
     if m := _FROM_TO.match(line):
-        taking["from_el"], taking["to_el"] = int(m.group(1)), int(m.group(2))
+        taking.from_el = int(m.group(1))
     elif m := _WITH_ESR.match(line):
-        taking["esr"] = int(m.group(2), 16)
+        taking.esr = int(m.group(2), 16)
     elif m := _WITH_ELR.match(line):
-        taking["elr"] = int(m.group(1), 16)
+        taking.elr = int(m.group(1), 16)
     elif m := _TO_PC.match(line):
-
-        def num(key: str) -> int:
-            value = taking.get(key)
-            return value if isinstance(value, int) else -1
-
-        def opt(key: str) -> int | None:
-            value = taking.get(key)
-            return value if isinstance(value, int) else None
-
         return ExceptionRecord(
-            num("cpu"),
-            num("excp"),
-            str(taking.get("name", "")),
-            num("from_el"),
+            taking.cpu,
+            taking.excp,
+            taking.name,
+            taking.from_el,
             int(m.group(1)),
             int(m.group(2), 16),
-            opt("esr"),
-            opt("elr"),
+            taking.esr,
+            taking.elr,
         )
     return None
 
 
 def _gic(line: str, marker: dict[int, int]) -> GicEvent | None:
+    """One GICv3 trace event, timed by its CPU's last ``TKS`` marker (-1: none yet)."""
     name = line.split(" ", 1)[0]
+    found: tuple[int, str, dict[str, int]] | None = None
     if name == "gicv3_ich_lr_write" and (m := _LR_WRITE.search(line)):
-        cpu = int(m.group(2), 16)
-        return GicEvent(
-            cpu,
-            marker.get(cpu, -1),
-            name,
-            "lr_write",
-            _lr_values(int(m.group(1)), int(m.group(3), 16)),
-        )
-    if name == "gicv3_icv_iar_read" and (m := _IAR.search(line)):
-        cpu = int(m.group(2), 16)
-        return GicEvent(
-            cpu,
-            marker.get(cpu, -1),
-            name,
-            "ack",
-            {"group": int(m.group(1)), "intid": int(m.group(3), 16)},
-        )
-    if name == "gicv3_icv_eoir_write" and (m := _EOIR.search(line)):
-        cpu = int(m.group(2), 16)
-        return GicEvent(
-            cpu,
-            marker.get(cpu, -1),
-            name,
-            "eoi",
-            {"group": int(m.group(1)), "intid": int(m.group(3), 16)},
-        )
-    if name == "gicv3_icc_generate_sgi" and (m := _SGI.search(line)):
-        cpu = int(m.group(1), 16)
-        return GicEvent(
-            cpu,
-            marker.get(cpu, -1),
-            name,
-            "sgi_generate",
-            {"sgi": int(m.group(2)), "irm": int(m.group(3)), "targetlist": int(m.group(4), 16)},
-        )
-    return None
+        found = int(m.group(2), 16), "lr_write", _lr_values(int(m.group(1)), int(m.group(3), 16))
+    elif name == "gicv3_icv_iar_read" and (m := _IAR.search(line)):
+        found = int(m.group(2), 16), "ack", {"group": int(m.group(1)), "intid": int(m.group(3), 16)}
+    elif name == "gicv3_icv_eoir_write" and (m := _EOIR.search(line)):
+        found = int(m.group(2), 16), "eoi", {"group": int(m.group(1)), "intid": int(m.group(3), 16)}
+    elif name == "gicv3_icc_generate_sgi" and (m := _SGI.search(line)):
+        values = {"sgi": int(m.group(2)), "irm": int(m.group(3)), "targetlist": int(m.group(4), 16)}
+        found = int(m.group(1), 16), "sgi_generate", values
+    if found is None:
+        return None
+    cpu, role, values = found
+    return GicEvent(cpu, marker.get(cpu, -1), name, role, values)
