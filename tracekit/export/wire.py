@@ -136,23 +136,26 @@ class PacketEncoder:
         body = b"\x40" + tv + rest
         return b"\x0a" + varint(len(body)) + body
 
-    def _name(self, name: str, interned: list[bytes]) -> bytes:
-        enc = self._names.get(name)
+    @staticmethod
+    def _intern(
+        table: dict[str, bytes], text: str, interned: list[bytes], field: bytes, ref: bytes
+    ) -> bytes:
+        """The encoded reference to ``text`` (``ref`` + iid); a new string also goes into
+        this packet's InternedData ``field`` as ``{iid, name}``."""
+        enc = table.get(text)
         if enc is None:
-            iid = varint(len(self._names) + 1)
-            entry = b"\x08" + iid + _ld(b"\x12", name.encode())
-            interned.append(_ld(b"\x12", entry))
-            enc = self._names[name] = b"\x50" + iid
+            iid = varint(len(table) + 1)
+            interned.append(_ld(field, b"\x08" + iid + _ld(b"\x12", text.encode())))
+            enc = table[text] = ref + iid
         return enc
 
+    def _name(self, name: str, interned: list[bytes]) -> bytes:
+        # InternedData.event_names (2) -> TrackEvent.name_iid (10).
+        return self._intern(self._names, name, interned, b"\x12", b"\x50")
+
     def _key(self, key: str, interned: list[bytes]) -> bytes:
-        enc = self._keys.get(key)
-        if enc is None:
-            iid = varint(len(self._keys) + 1)
-            entry = b"\x08" + iid + _ld(b"\x12", key.encode())
-            interned.append(_ld(b"\x1a", entry))
-            enc = self._keys[key] = b"\x08" + iid
-        return enc
+        # InternedData.debug_annotation_names (3) -> DebugAnnotation.name_iid (1).
+        return self._intern(self._keys, key, interned, b"\x1a", b"\x08")
 
     def _annotations(self, args: Mapping[str, Any], interned: list[bytes]) -> bytes:
         parts = []
