@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 Report = Callable[[str], None]
 
 MANIFEST = "assets.json"
+#: Written last by _store_kernel: its presence marks a complete kernel directory.
+KERNEL_META = "kernel.json"
 
 
 @dataclass(frozen=True)
@@ -152,10 +154,9 @@ def _build_kernel(
     report(f"resolving {guest.kernel.package}:{guest.kernel.architecture}")
     ref = debian.resolve(guest.kernel.package, guest.kernel.architecture, follow_metapackage=True)
     kdir = cache / "kernel" / f"{ref.name}_{ref.version}"
-    meta_path = kdir / "kernel.json"
-    if meta_path.exists() and not force:
+    meta = None if force else _cached_kernel(kdir)
+    if meta is not None:
         report(f"kernel {ref.name} {ref.version}: cached")
-        meta: dict[str, str | int] = json.loads(meta_path.read_text())
         return meta
     if kdir.exists():
         shutil.rmtree(kdir)
@@ -189,6 +190,15 @@ def _build_kernel(
 
 #: A kernel tracekit can trace must have KVM built in (these are on the probed path).
 KVM_SYMBOLS = ("kvm_arch_vcpu_ioctl_run", "handle_exit", "kvm_vgic_flush_hwstate")
+
+
+def _cached_kernel(kdir: Path) -> dict[str, str | int] | None:
+    """What ``_store_kernel`` recorded in ``kdir``, if it finished there."""
+    meta_path = kdir / KERNEL_META
+    if not meta_path.exists():
+        return None
+    meta: dict[str, str | int] = json.loads(meta_path.read_text())
+    return meta
 
 
 def _store_kernel(
@@ -233,7 +243,7 @@ def _store_kernel(
         "layout": str(kdir / "layout.json"),
         "symbol_count": len(symbols),
     }
-    (kdir / "kernel.json").write_text(json.dumps(meta, indent=1))
+    (kdir / KERNEL_META).write_text(json.dumps(meta, indent=1))
     return meta
 
 
@@ -339,10 +349,9 @@ def _build_kernel_from_file(
     kallsyms.read_image_header(data, source=str(path))
     digest = hashlib.sha256(data).hexdigest()[:16]
     kdir = cache / "kernel" / f"custom_{digest}"
-    meta_path = kdir / "kernel.json"
-    if meta_path.exists() and not force:
+    cached = None if force else _cached_kernel(kdir)
+    if cached is not None:
         report(f"kernel {path.name} ({digest}): cached")
-        cached: dict[str, str | int] = json.loads(meta_path.read_text())
         return cached
     return _store_kernel(
         kdir,
