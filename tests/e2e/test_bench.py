@@ -25,6 +25,8 @@ KEYS = (
     "export_peak_rss_mb",
     "ready_s",
 )
+#: Differences of two host-timed runs: a tiny run on a busy machine can make them <= 0.
+NOISY = ("host_ms_per_stop", "host_ms_per_stop_after")
 
 
 def test_bench_reports_every_figure(guest_assets: object) -> None:
@@ -46,18 +48,9 @@ def test_bench_reports_every_figure(guest_assets: object) -> None:
     # (traced - untraced) / stops can come out <= 0 for a tiny run on a busy machine, and
     # with icount sleep=on L1's clock also runs through idle periods in host time, so the
     # dilation of a sub-millisecond workload is noise; only sanity is checked here.
-    for key in (
-        "host_ms_per_event",
-        "host_ms_per_stop_paused",
-        "stops_per_interrupt",
-        "mi_roundtrip_ms",
-        "guest_dilation",
-        "export_events_per_s",
-        "export_ratio_vs_raw",
-        "export_peak_rss_mb",
-        "ready_s",
-    ):
-        assert data[key] > 0, key
+    for key in KEYS:
+        if key not in NOISY:
+            assert data[key] > 0, key
     assert data["events_per_interrupt"] > 5
     assert data["guest_dilation"] < 1000
     assert set(data["targets"]) <= set(KEYS)
