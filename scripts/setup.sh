@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Idempotent set-up for a fresh Debian 12 machine: Debian packages, the .venv, guest assets.
-# Called by `make setup` (and so by `make demo` and `make test`). Safe to run again: each
-# step checks first and does nothing when its result is already there.
+# Idempotent set-up for a fresh Debian 12 (bookworm) or 13 (trixie) machine: Debian
+# packages, the .venv, guest assets. Called by `make setup` (and so by `make demo` and
+# `make test`). Safe to run again: each step checks first and does nothing when its result
+# is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,34 +11,31 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # --- Debian packages -------------------------------------------------------------------
-# qemu-system-arm: qemu-system-aarch64 (7.2); gdb-multiarch: the GDB that drives its stub;
-# gcc-aarch64-linux-gnu + libc6-dev-arm64-cross: the static L2 VMM; gcc: the TCG plugin;
-# python3-venv: the .venv; make: the guest build.
-PACKAGES=(qemu-system-arm gdb-multiarch gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-          gcc make python3-venv ca-certificates)
+# configs/host-packages.txt lists them per release (a few names differ between 12 and 13).
+. /etc/os-release
+release="${VERSION_CODENAME:-unknown}"
+case "$release" in
+    bookworm|trixie) ;;
+    *) say "warning: $PRETTY_NAME is not Debian 12 or 13; using Debian 13's package names"
+       release=trixie ;;
+esac
+PACKAGES=()
+while read -r name releases _; do
+    case "$name" in ''|'#'*) continue ;; esac
+    case ",$releases," in *",$release,"*) PACKAGES+=("$name") ;; esac
+done < configs/host-packages.txt
 missing=()
 for p in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
         missing+=("$p")
     fi
 done
-need_update=0
-# The L1 kernel and busybox are arm64 .debs fetched with `apt-get download`.
-if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-    say "adding the arm64 dpkg architecture"
-    $SUDO dpkg --add-architecture arm64
-    need_update=1
-fi
-if ! apt-cache policy linux-image-cloud-arm64:arm64 2>/dev/null | grep -q "Candidate: [0-9]"; then
-    need_update=1
-fi
-if [ ${#missing[@]} -gt 0 ] || [ $need_update -eq 1 ]; then
+if [ ${#missing[@]} -gt 0 ]; then
     say "apt-get update"
     $SUDO apt-get update -q
-fi
-if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${missing[@]}"
 fi
 
 # --- Python virtual environment ---------------------------------------------------------
@@ -52,5 +50,7 @@ if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stam
 fi
 
 # --- Guest assets (cached; rebuilt only when inputs change) ------------------------------
+# The guest's arm64 packages come from the suite pinned in configs/guest.toml through a
+# private apt state in the cache: the host's apt configuration is not changed.
 say "guest assets"
 .venv/bin/tracekit guest build

@@ -25,12 +25,14 @@ __all__ = [
     "REPO_ROOT",
     "GuestConfig",
     "MachineProfile",
+    "QemuPluginApis",
     "ScenarioSpec",
     "ToolPaths",
     "cache_dir",
     "from_mapping",
     "load_guest_config",
     "load_machine",
+    "load_qemu_plugin_apis",
     "load_scenarios",
     "load_toml",
     "load_tools",
@@ -228,6 +230,9 @@ class BusyboxSource:
 class GuestConfig:
     """The built-in L1 + L2 target (see ``configs/guest.toml``)."""
 
+    #: The Debian suite every guest package comes from, whatever the host runs: it pins
+    #: the L1 kernel family a probe set exists for (see tracekit/guest/debian.py).
+    debian_suite: str
     kernel: KernelSource
     busybox: BusyboxSource
     #: Source directory of the L2 VMM and payload (relative to the repository).
@@ -307,12 +312,19 @@ class ToolPaths:
     host_gcc: str
     cpio: str
     apt_get: str
+    apt_cache: str
     dpkg_deb: str
+
+
+#: The table of ``tools.toml`` that is not a program: QEMU version -> TCG plugin API.
+_PLUGIN_API_TABLE = "qemu_plugin_api"
 
 
 def load_tools(path: Path | None = None, env: Mapping[str, str] | None = None) -> ToolPaths:
     p = path or CONFIG_DIR / "tools.toml"
-    tools = from_mapping(ToolPaths, load_toml(p), str(p))
+    data = load_toml(p)
+    data.pop(_PLUGIN_API_TABLE, None)  # read by load_qemu_plugin_apis
+    tools = from_mapping(ToolPaths, data, str(p))
     environ = os.environ if env is None else env
     overrides = {
         f.name: environ[f"TRACEKIT_{f.name.upper()}"]
@@ -320,3 +332,39 @@ def load_tools(path: Path | None = None, env: Mapping[str, str] | None = None) -
         if f"TRACEKIT_{f.name.upper()}" in environ
     }
     return dataclasses.replace(tools, **overrides)
+
+
+@dataclass(frozen=True)
+class QemuPluginApis:
+    """Which TCG plugin API each QEMU release speaks (``[qemu_plugin_api]`` in tools.toml).
+
+    Keys are ``MAJOR.MINOR`` release strings ("7.2"), values the plugin API version a
+    plugin must be built for to load into that QEMU (``qemu_plugin_version``).
+    """
+
+    by_release: Mapping[str, int]
+
+    def api_for(self, release: str) -> int | None:
+        return self.by_release.get(release)
+
+
+def load_qemu_plugin_apis(path: Path | None = None) -> QemuPluginApis:
+    p = path or CONFIG_DIR / "tools.toml"
+    where = f"{p}: {_PLUGIN_API_TABLE}"
+    data = load_toml(p)
+    if _PLUGIN_API_TABLE not in data:
+        raise ConfigError(
+            f"{p}: missing table [{_PLUGIN_API_TABLE}]",
+            hint='add it, e.g. [qemu_plugin_api] "7.2" = 1',
+        )
+    table = _convert(data[_PLUGIN_API_TABLE], dict[str, int], where)
+    for release, api in table.items():
+        parts = release.split(".")
+        if len(parts) != 2 or not all(part.isdigit() for part in parts):
+            raise ConfigError(
+                f"{where}: key {release!r} is not a MAJOR.MINOR QEMU release",
+                hint='write it like "10.0"',
+            )
+        if api < 1:
+            raise ConfigError(f"{where}.{release} should be a positive integer, got {api}")
+    return QemuPluginApis(by_release=types.MappingProxyType(table))

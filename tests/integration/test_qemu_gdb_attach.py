@@ -13,7 +13,7 @@ from tracekit.config import load_machine
 from tracekit.gdb.mi import MiSession
 from tracekit.kernel.kallsyms import SymbolTable, instruction_at
 from tracekit.vm.argv import LaunchSpec, build_argv
-from tracekit.vm.plugin import ensure_plugin
+from tracekit.vm.plugin import ensure_plugin, qemu_plugin_api
 from tracekit.vm.qemu import QemuProcess
 from tracekit.vm.qmp import Monitor
 from tracekit.vm.runtime import RuntimeDir
@@ -74,7 +74,7 @@ def test_plugin_timestamps_probe_pcs_during_l1_boot(guest_assets, tools, tmp_pat
         initrd=guest_assets.initramfs_path,
         qmp=False,
         kernel_args=("tracekit.scenario=nope",),
-        plugin=ensure_plugin(tools),
+        plugin=ensure_plugin(tools, qemu_plugin_api(tools.qemu)),
         plugin_args=(f"probes={probes}",),
         log_file=tmp_path / "qemu.log",
     )

@@ -459,30 +459,5 @@ def real_btf() -> Btf:
     return load_btf_from_file(real_image_path())
 
 
-def _expected() -> dict[str, object]:
-    data: dict[str, object] = json.loads((DATA / "debian-6.1.0-56-cloud-arm64.json").read_text())
-    return data
-
-
-@pytest.mark.integration
-def test_real_image_btf_has_the_probed_types(real_btf: Btf) -> None:
-    assert len(real_btf) > 50_000
-    assert real_btf.struct_size("kvm_vcpu") > 0
-    assert real_btf.has_func("kvm_vgic_flush_hwstate")
-    assert real_btf.func_params("handle_exit") == [
-        ("vcpu", "struct kvm_vcpu *"),
-        ("exception_index", "int"),
-    ]
-
-
-@pytest.mark.integration
-def test_real_image_layout_matches_known_build(real_btf: Btf) -> None:
-    expected = _expected()
-    image = real_image_path().read_bytes()
-    banner = expected["banner"]
-    assert isinstance(banner, str)
-    if banner.encode() not in image:
-        pytest.skip(f"exact offsets are only known for the build {banner!r}")
-    layout = expected["layout"]
-    assert isinstance(layout, dict)
-    assert extract_layout(real_btf, layout) == layout
+# Offsets against an independent decoder on whatever kernel is cached:
+# tests/integration/test_btf_bpftool.py.

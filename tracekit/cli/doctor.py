@@ -32,11 +32,15 @@ def render_checks(results: list[CheckResult]) -> Table:
 @click.command()
 def doctor() -> int:
     """Check QEMU, GDB, compilers, guest assets and disk; print the fix for what is missing."""
-    from tracekit.guest.assets import check_assets
+    from tracekit.guest.assets import check_assets, check_probe_sets
 
     tools = load_tools()
     guest = load_guest_config()
-    results = run_checks(tools, cache_dir(), extra={"assets": lambda: check_assets(guest)})
+    results = run_checks(
+        tools,
+        cache_dir(),
+        extra={"assets": lambda: check_assets(guest), "probes": check_probe_sets},
+    )
     console = Console()
     console.print(render_checks(results))
     failed = [r for r in results if not r.ok and r.required]

@@ -69,9 +69,9 @@ def default_output(scenario: str) -> Path:
 @click.option(
     "--probes",
     "probe_set",
-    default="linux-6.1",
-    show_default=True,
-    help="Probe set in configs/probes/ (or a .toml path).",
+    default=None,
+    help="Probe set in configs/probes/ (or a .toml path); default: the one written for the"
+    " kernel's family (read from the Image). A set for another kernel is refused.",
 )
 @click.option(
     "--stall-timeout",
@@ -103,7 +103,7 @@ def record(
     kvm_mode: str | None,
     output: Path | None,
     duration: float | None,
-    probe_set: str,
+    probe_set: str | None,
     stall_timeout: float,
     kernel_args: tuple[str, ...],
     read_values: bool,
@@ -116,6 +116,7 @@ def record(
     from tracekit.guest.assets import load_assets
     from tracekit.guest.runner import validate_request
     from tracekit.model.summary import summarize
+    from tracekit.probes.select import choose_probe_set
     from tracekit.record.pipeline import export_raw
     from tracekit.record.recorder import Recorder, RecordOptions
     from tracekit.render.summary import render_summary
@@ -126,6 +127,7 @@ def record(
     profile = load_machine(kvm_mode or machine)
     load_guest_config()
     assets = load_assets()
+    chosen = choose_probe_set(assets.kernel_release, assets.kernel_family, probe_set)
     out = output or default_output(spec.name)
     if out.suffix != ".pftrace":
         raise TracekitError(f"output {out} should end in .pftrace", hint="e.g. -o trace.pftrace")
@@ -134,7 +136,7 @@ def record(
         profile,
         out,
         duration_s=duration,
-        probe_set=probe_set,
+        probe_set=chosen,
         stall_timeout_s=stall_timeout,
         extra_kernel_args=kernel_args,
         read_values=read_values,

@@ -127,23 +127,42 @@ def check_host_gcc(tools: ToolPaths) -> CheckResult:
     return CheckResult("host C compiler", True, f"gcc {ver.strip()} (builds the TCG plugin)")
 
 
-def check_apt_arm64(tools: ToolPaths) -> CheckResult:
+def check_host(tools: ToolPaths, os_release: str | None = None) -> CheckResult:
+    """The host's Debian release and the archive the guest packages are fetched from."""
+    from tracekit.errors import GuestBuildError
+    from tracekit.guest.debian import host_codename, host_mirrors
+
+    text = os_release
+    if text is None:
+        try:
+            text = Path("/etc/os-release").read_text()
+        except OSError:
+            text = ""
+    m = re.search(r'^PRETTY_NAME="?([^"\n]+)"?$', text, re.MULTILINE)
+    pretty = m.group(1) if m else "unknown OS"
+    codename = host_codename(text)
     if not _which(tools.apt_get) or not _which(tools.dpkg_deb):
         return CheckResult(
-            "Debian arm64 packages",
+            "host (Debian)",
             False,
-            "apt-get/dpkg-deb not found",
-            "run on Debian 12 (bookworm) or provide the guest assets in the cache",
+            f"{pretty}: apt-get/dpkg-deb not found",
+            "run on Debian 12 (bookworm) or 13 (trixie)",
         )
-    _rc, out = _run(["dpkg", "--print-foreign-architectures"])
-    if "arm64" not in out.split():
+    supported = codename in ("bookworm", "trixie")
+    try:
+        mirrors = host_mirrors(codename)
+    except GuestBuildError as exc:
+        return CheckResult("host (Debian)", False, f"{pretty}: {exc.message}", exc.hint or "")
+    detail = f"{pretty}; guest packages from {mirrors.archive}"
+    if not supported:
         return CheckResult(
-            "Debian arm64 packages",
+            "host (Debian)",
             False,
-            "arm64 is not a dpkg architecture",
-            f"{sudo_prefix()}dpkg --add-architecture arm64 && {sudo_prefix()}apt-get update",
+            detail + " (tested on Debian 12 and 13 only)",
+            "run on Debian 12 (bookworm) or 13 (trixie)",
+            required=False,
         )
-    return CheckResult("Debian arm64 packages", True, "arm64 architecture enabled")
+    return CheckResult("host (Debian)", True, detail)
 
 
 def check_disk(path: Path, need_gb: float = 2.0) -> CheckResult:
@@ -168,11 +187,11 @@ def run_checks(
 ) -> list[CheckResult]:
     """Run every check, in the order a user would fix them."""
     results = [
+        check_host(tools),
         check_qemu(tools),
         check_gdb(tools),
         check_cross_gcc(tools),
         check_host_gcc(tools),
-        check_apt_arm64(tools),
     ]
     for fn in (extra or {}).values():
         results.append(fn())

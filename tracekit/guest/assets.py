@@ -23,7 +23,7 @@ from tracekit.env.doctor import CheckResult
 from tracekit.errors import EnvironmentProblem, GuestBuildError, KernelImageError
 from tracekit.guest import debian, initramfs
 
-__all__ = ["GuestAssets", "build_assets", "check_assets", "load_assets"]
+__all__ = ["GuestAssets", "build_assets", "check_assets", "check_probe_sets", "load_assets"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,10 @@ class GuestAssets:
     kernel_package: str
     kernel_version: str
     kernel_release: str
+    #: major.minor from the Image's own banner: what probe sets are chosen by.
+    kernel_family: str
+    #: The Image's ``Linux version ...`` banner.
+    kernel_banner: str
     image: str
     kernel_config: str
     symbols: str
@@ -110,14 +114,37 @@ def check_assets(guest: GuestConfig) -> CheckResult:
         return CheckResult("guest assets", False, exc.message, "tracekit guest build")
     stale = _vmm_hash(guest) != a.vmm_hash
     detail = (
-        f"kernel {a.kernel_release} ({a.kernel_version}), {a.symbol_count} symbols, "
-        f"busybox {a.busybox_version}"
+        f"kernel {a.kernel_release} ({a.kernel_version}, family {a.kernel_family}), "
+        f"{a.symbol_count} symbols, busybox {a.busybox_version}"
     )
     if stale:
         return CheckResult(
             "guest assets", False, detail + "; VMM sources changed", "tracekit guest build"
         )
     return CheckResult("guest assets", True, detail)
+
+
+def check_probe_sets() -> CheckResult:
+    """Which probe sets are written for the cached kernel's family (record needs one)."""
+    from tracekit.probes.select import available_probe_sets
+
+    sets = available_probe_sets()
+    listing = ", ".join(f"{s.name} (kernel {s.kernel})" for s in sets)
+    try:
+        a = load_assets()
+    except EnvironmentProblem:
+        return CheckResult(
+            "probe sets", False, f"no cached kernel; have {listing}", "tracekit guest build"
+        )
+    match = [s.name for s in sets if s.kernel == a.kernel_family]
+    if not match:
+        return CheckResult(
+            "probe sets",
+            False,
+            f"none for kernel {a.kernel_release} (family {a.kernel_family}); have {listing}",
+            "tracekit guest build --force  (the pinned Debian kernel)",
+        )
+    return CheckResult("probe sets", True, f"{', '.join(match)} matches kernel {a.kernel_release}")
 
 
 # --------------------------------------------------------------------------- kernel
@@ -146,13 +173,46 @@ def _validate_config(config_text: str, path: Path) -> None:
         )
 
 
+def guest_apt(guest: GuestConfig, tools: ToolPaths, cache: Path) -> debian.PrivateApt:
+    """apt for the guest's pinned Debian suite, with its lists in the cache."""
+    arch = guest.kernel.architecture
+    return debian.PrivateApt(
+        cache / "apt" / f"{guest.debian_suite}-{arch}",
+        guest.debian_suite,
+        arch,
+        debian.host_mirrors(),
+        tools,
+    )
+
+
+def _check_family_has_probes(release: str, what: str) -> None:
+    """A Debian kernel is only taken when a probe set is written for its family."""
+    from tracekit.kernel.version import family_of
+    from tracekit.probes.select import available_probe_sets
+
+    sets = available_probe_sets()
+    family = family_of(release)
+    if not any(s.kernel == family for s in sets):
+        listing = ", ".join(f"{s.name} (kernel {s.kernel})" for s in sets)
+        raise GuestBuildError(
+            f"{what} is kernel {release} (family {family}), but probe sets exist only for"
+            f" {listing}",
+            hint="set debian_suite in configs/guest.toml to a suite with a supported kernel,"
+            " or pass `--kernel IMAGE`",
+        )
+
+
 def _build_kernel(
     guest: GuestConfig, tools: ToolPaths, cache: Path, force: bool, report: Report
 ) -> dict[str, str | int]:
     from tracekit.kernel import kallsyms
 
-    report(f"resolving {guest.kernel.package}:{guest.kernel.architecture}")
-    ref = debian.resolve(guest.kernel.package, guest.kernel.architecture, follow_metapackage=True)
+    apt = guest_apt(guest, tools, cache)
+    report(f"resolving {guest.kernel.package}:{guest.kernel.architecture} in {guest.debian_suite}")
+    if force:
+        apt.update(force=True)
+    ref = apt.resolve(guest.kernel.package, follow_metapackage=True)
+    _check_family_has_probes(_kernel_release(ref.name), f"Debian {guest.debian_suite}'s {ref.name}")
     kdir = cache / "kernel" / f"{ref.name}_{ref.version}"
     meta = None if force else _cached_kernel(kdir)
     if meta is not None:
@@ -161,9 +221,9 @@ def _build_kernel(
     if kdir.exists():
         shutil.rmtree(kdir)
     report(f"downloading {ref.spec} {ref.version}")
-    deb = debian.download(ref, kdir / "deb", tools)
+    deb = apt.download(ref, kdir / "deb")
     report(f"unpacking {deb.name}")
-    root = debian.unpack(deb, kdir / "root", tools)
+    root = apt.unpack(deb, kdir / "root")
     release = _kernel_release(ref.name)
     vmlinuz = root / "boot" / f"vmlinuz-{release}"
     config = root / "boot" / f"config-{release}"
@@ -198,6 +258,12 @@ def _cached_kernel(kdir: Path) -> dict[str, str | int] | None:
     if not meta_path.exists():
         return None
     meta: dict[str, str | int] = json.loads(meta_path.read_text())
+    if "family" not in meta:  # cached before the banner was recorded
+        from tracekit.kernel.version import read_kernel_version
+
+        version = read_kernel_version(Path(str(meta["image"])).read_bytes())
+        meta = {**meta, "family": version.family, "banner": version.banner}
+        meta_path.write_text(json.dumps(meta, indent=1))
     return meta
 
 
@@ -215,7 +281,9 @@ def _store_kernel(
 ) -> dict[str, str | int]:
     """Check an arm64 Image for KVM, extract its symbols and BTF layout, cache them."""
     from tracekit.kernel import btf, kallsyms
+    from tracekit.kernel.version import read_kernel_version
 
+    kernel = read_kernel_version(data, source=source)
     report("extracting kallsyms (vmlinux-to-elf)")
     symbols = kallsyms.symbols_from_image(data, source=source)
     missing = [s for s in KVM_SYMBOLS if not symbols.has(s)]
@@ -236,7 +304,9 @@ def _store_kernel(
     meta: dict[str, str | int] = {
         "package": package,
         "version": version,
-        "release": release,
+        "release": release or kernel.release,
+        "family": kernel.family,
+        "banner": kernel.banner,
         "image": str(image),
         "config": str(kdir / "config"),
         "symbols": str(kdir / "symbols.json"),
@@ -253,16 +323,24 @@ def _store_kernel(
 def _build_busybox(
     guest: GuestConfig, tools: ToolPaths, cache: Path, force: bool, report: Report
 ) -> tuple[str, Path]:
-    ref = debian.resolve(guest.busybox.package, guest.busybox.architecture)
+    apt = guest_apt(guest, tools, cache)
+    ref = apt.resolve(guest.busybox.package)
     bdir = cache / "busybox" / ref.version
     binary = bdir / "busybox"
     if binary.exists() and not force:
         report(f"busybox {ref.version}: cached")
         return ref.version, binary
     report(f"downloading {ref.spec} {ref.version}")
-    deb = debian.download(ref, bdir / "deb", tools)
-    root = debian.unpack(deb, bdir / "root", tools)
-    shutil.copyfile(root / "bin" / "busybox", binary)
+    deb = apt.download(ref, bdir / "deb")
+    root = apt.unpack(deb, bdir / "root")
+    # Debian 12's busybox-static installs /bin/busybox, Debian 13's /usr/bin/busybox.
+    found = [p for p in (root / "bin" / "busybox", root / "usr" / "bin" / "busybox") if p.is_file()]
+    if not found:
+        raise GuestBuildError(
+            f"{deb.name} has no busybox binary (looked in /bin and /usr/bin)",
+            hint="set [busybox] package in configs/guest.toml to a static arm64 busybox",
+        )
+    shutil.copyfile(found[0], binary)
     shutil.rmtree(root)
     shutil.rmtree(bdir / "deb")
     return ref.version, binary
@@ -362,7 +440,7 @@ def _build_kernel_from_file(
         source=str(path),
         package="custom",
         version=digest,
-        release=f"custom-{path.name}",
+        release="",  # the Image's own banner names it
     )
 
 
@@ -391,6 +469,8 @@ def build_assets(
         kernel_package=str(kmeta["package"]),
         kernel_version=str(kmeta["version"]),
         kernel_release=str(kmeta["release"]),
+        kernel_family=str(kmeta["family"]),
+        kernel_banner=str(kmeta["banner"]),
         image=str(kmeta["image"]),
         kernel_config=str(kmeta["config"]),
         symbols=str(kmeta["symbols"]),

@@ -38,11 +38,12 @@ from tracekit.kernel.kallsyms import SymbolTable
 from tracekit.model.events import RawEvent
 from tracekit.model.ground_truth import GROUND_TRUTH_PREFIX, GroundTruth, parse_ground_truth_line
 from tracekit.probes.resolve import ResolvedProbe, ResolvedProbeSet, resolve_probes
+from tracekit.probes.select import choose_probe_set
 from tracekit.probes.spec import ProbeSet, load_probe_set
 from tracekit.record.merge import MergeStats
 from tracekit.record.pipeline import remerge
 from tracekit.vm.argv import LaunchSpec, build_argv
-from tracekit.vm.plugin import ensure_plugin
+from tracekit.vm.plugin import ensure_plugin, qemu_plugin_api
 from tracekit.vm.qemu import QemuProcess
 from tracekit.vm.qmp import Monitor
 from tracekit.vm.runtime import RuntimeDir
@@ -74,7 +75,8 @@ class RecordOptions:
     profile: MachineProfile
     output: Path
     duration_s: float | None = None
-    probe_set: str = "linux-6.1"
+    #: A probe-set name or .toml path; None: the one written for the kernel's family.
+    probe_set: str | None = None
     #: Seconds without any progress (hits or console output) before it counts as a hang.
     stall_timeout_s: float = 60.0
     #: Extra L1 kernel command-line arguments (fault injection in tests).
@@ -219,7 +221,12 @@ class Recorder:
     def _prepare(self) -> tuple[ResolvedProbeSet, Path]:
         self.stats.phase = "resolving probes"
         self.on_update(self.stats)
-        self._probe_set = load_probe_set(self.opts.probe_set)
+        # Every recording checks the kernel against the probe set: never record with
+        # probes written for another kernel (probes/select.py).
+        self._probe_set_name = choose_probe_set(
+            self.assets.kernel_release, self.assets.kernel_family, self.opts.probe_set
+        )
+        self._probe_set = load_probe_set(self._probe_set_name)
         probes, self._symbols = resolve_for(
             self.assets,
             self._probe_set,
@@ -230,7 +237,7 @@ class Recorder:
             log.warning("probe %s skipped: %s", name, why)
         for name, used in probes.fallbacks_used:
             log.warning("probe %s uses fallback symbol %s", name, used)
-        plugin = ensure_plugin(self.tools)
+        plugin = ensure_plugin(self.tools, qemu_plugin_api(self.tools.qemu))
         try:
             self.raw_dir.mkdir(parents=True, exist_ok=True)
             self.opts.output.parent.mkdir(parents=True, exist_ok=True)
@@ -418,7 +425,8 @@ class Recorder:
             "probes": _probe_meta(probes),
             "probes_skipped": [list(x) for x in probes.skipped],
             "host_el": self.host_el,
-            "probe_set": self.opts.probe_set,
+            "probe_set": self._probe_set_name,
+            "kernel_family": self.assets.kernel_family,
             "read_values": self.opts.read_values,
             # The exit code of __guest_enter's early return (model/context.py).
             "irq_exit_code": self._probe_set.decoder.code("IRQ"),
@@ -434,7 +442,10 @@ class Recorder:
             qemu.start()
             self._qemu_pid = qemu.pid
             monitor = Monitor(runtime.qmp_socket)
-            monitor.connect()
+            try:
+                monitor.connect()
+            except VMError as exc:
+                raise qemu.exited_during_startup(exc) from None
             meta["qemu_version"] = monitor.version
             for event in GIC_TRACE_EVENTS:
                 monitor.execute("trace-event-set-state", {"name": event, "enable": True})
@@ -442,7 +453,12 @@ class Recorder:
             self.stats.phase = "attaching GDB"
             self.on_update(self.stats)
             mi = MiSession(self.tools.gdb, transcript=self.raw_dir / "gdb-mi.log")
-            self._gdb_setup(mi, runtime, probes)
+            try:
+                self._gdb_setup(mi, runtime, probes)
+            except DebuggerError as exc:
+                if qemu.poll() is None:
+                    raise
+                raise qemu.exited_during_startup(VMError(exc.message)) from None
             meta["mi_roundtrip_ms"] = self._mi_roundtrip(mi)
             meta["ready_s"] = round(self.stats.elapsed, 3)
             self._meta = meta

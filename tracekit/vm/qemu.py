@@ -101,6 +101,26 @@ class QemuProcess:
             return ""
         return " | ".join(text.splitlines()[-lines:])
 
+    def exited_during_startup(self, cause: VMError, wait_s: float = 3.0) -> VMError:
+        """``cause`` (a socket that closed or never appeared), explained by QEMU itself.
+
+        A QEMU that refuses its command line or a plugin (``-plugin`` load failure, bad
+        option) closes its sockets as it exits; the socket error alone says nothing. Give
+        it ``wait_s`` to finish exiting, then name its exit code and its last stderr lines.
+        """
+        proc = self._proc
+        if proc is None:
+            return cause
+        try:
+            rc = proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            return cause
+        said = self.stderr_tail(lines=4) or "no output on stderr"
+        return VMError(
+            f"QEMU exited during start-up (code {rc}): {said}",
+            hint=f"its command line is in {self.runtime.path / 'qemu.argv'}",
+        )
+
     def stop(self, grace_s: float = 5.0) -> int | None:
         """Terminate QEMU if still running (SIGTERM, then SIGKILL) and reap it."""
         proc = self._proc

@@ -28,7 +28,14 @@
  * the file, then make QEMU flush.
  *
  * Debian packages no qemu-plugin.h, so the few declarations used are restated below
- * from QEMU's include/qemu/qemu-plugin.h (API version 1, as in QEMU 7.2).
+ * from QEMU's include/qemu/qemu-plugin.h. One source serves two plugin API versions,
+ * chosen at build time with -DTK_PLUGIN_API=N (tracekit/vm/plugin/__init__.py picks N
+ * from the QEMU in use, configs/tools.toml [qemu_plugin_api]):
+ *   1  QEMU 7.2 (Debian 12): per-block counting by an inline add.
+ *   4  QEMU 10.0 (Debian 13, bookworm-backports; accepts 2..4): the inline add without
+ *      a per-vCPU scoreboard is gone (removed in API 2, QEMU 9.0), and
+ *      qemu_plugin_insn_data copies into a buffer (API 3, QEMU 9.1). Blocks are counted
+ *      by a per-block execution callback instead (see on_block).
  */
 #include <inttypes.h>
 #include <stdbool.h>
@@ -38,7 +45,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- QEMU plugin API (version 1) declarations ------------------------------------ */
+#ifndef TK_PLUGIN_API
+#error "build with -DTK_PLUGIN_API=1 (QEMU 7.2) or -DTK_PLUGIN_API=4 (QEMU 10.0)"
+#elif TK_PLUGIN_API != 1 && TK_PLUGIN_API != 4
+#error "TK_PLUGIN_API must be 1 or 4"
+#endif
+
+/* ---- QEMU plugin API declarations (identical in versions 1 and 4) ------------------ */
 typedef uint64_t qemu_plugin_id_t;
 typedef struct qemu_info_t {
     const char *target_name;
@@ -49,7 +62,6 @@ typedef struct qemu_info_t {
 struct qemu_plugin_tb;
 struct qemu_plugin_insn;
 enum qemu_plugin_cb_flags { QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_CB_RW_REGS };
-enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
 enum qemu_plugin_mem_rw { QEMU_PLUGIN_MEM_R = 1, QEMU_PLUGIN_MEM_W, QEMU_PLUGIN_MEM_RW };
 typedef uint32_t qemu_plugin_meminfo_t;
 typedef void (*qemu_plugin_vcpu_mem_cb_t)(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
@@ -61,14 +73,11 @@ typedef void (*qemu_plugin_vcpu_tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_
 typedef void (*qemu_plugin_vcpu_udata_cb_t)(unsigned int vcpu_index, void *userdata);
 typedef void (*qemu_plugin_udata_cb_t)(qemu_plugin_id_t id, void *userdata);
 void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, qemu_plugin_vcpu_tb_trans_cb_t cb);
-void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb, enum qemu_plugin_op op,
-                                              void *ptr, uint64_t imm);
 void qemu_plugin_register_vcpu_insn_exec_cb(struct qemu_plugin_insn *insn,
                                             qemu_plugin_vcpu_udata_cb_t cb,
                                             enum qemu_plugin_cb_flags flags, void *userdata);
 size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
 struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb, size_t idx);
-const void *qemu_plugin_insn_data(const struct qemu_plugin_insn *insn);
 size_t qemu_plugin_insn_size(const struct qemu_plugin_insn *insn);
 uint64_t qemu_plugin_insn_vaddr(const struct qemu_plugin_insn *insn);
 void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id, qemu_plugin_udata_cb_t cb, void *userdata);
@@ -76,8 +85,22 @@ typedef void (*qemu_plugin_simple_cb_t)(qemu_plugin_id_t id);
 void qemu_plugin_register_flush_cb(qemu_plugin_id_t id, qemu_plugin_simple_cb_t cb);
 void qemu_plugin_outs(const char *string);
 
+#if TK_PLUGIN_API == 1
+/* ---- version 1 only (QEMU 7.2) ------------------------------------------------------ */
+enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
+void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb, enum qemu_plugin_op op,
+                                              void *ptr, uint64_t imm);
+const void *qemu_plugin_insn_data(const struct qemu_plugin_insn *insn);
+#else
+/* ---- version 4 only (QEMU 10.0) ----------------------------------------------------- */
+void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb,
+                                          qemu_plugin_vcpu_udata_cb_t cb,
+                                          enum qemu_plugin_cb_flags flags, void *userdata);
+size_t qemu_plugin_insn_data(const struct qemu_plugin_insn *insn, void *dest, size_t len);
+#endif
+
 #define EXPORT __attribute__((visibility("default")))
-EXPORT int qemu_plugin_version = 1;
+EXPORT int qemu_plugin_version = TK_PLUGIN_API;
 
 /* ---- state ------------------------------------------------------------------------- */
 /* Instructions executed by all vCPUs. Under -icount TCG runs the vCPUs round-robin on
@@ -89,7 +112,7 @@ static uint64_t *mem_sites;
 static size_t n_mem_sites;
 
 /* Per instrumented instruction: its PC and how many instructions of its block come
- * after it (the block's inline add already counted the whole block at block entry). */
+ * after it (the block's count was already added, whole, at block entry). */
 struct site {
     uint64_t pc;
     uint64_t after;
@@ -152,17 +175,41 @@ static void on_mem_site(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t 
     qemu_plugin_outs(buf);
 }
 
+#if TK_PLUGIN_API == 4
+/* A block starts executing: add its length (udata). QEMU runs the block's callbacks
+ * before those of its first instruction, so the stamps see the same count as with API
+ * 1's inline add. Not the per-vCPU inline add (a scoreboard, the API's replacement):
+ * with -icount shift=0 and 2 CPUs, QEMU 10.0.13's inline per-vCPU counting made the L1
+ * guest oops ("Oops - BRK" after a warning in has_mismatched_cache_type) while this
+ * callback did not; treated as a QEMU 10.0 bug to avoid. Under -icount the vCPUs run
+ * round-robin on one thread, so the plain global counter stays exact. */
+static void on_block(unsigned int vcpu, void *udata)
+{
+    (void)vcpu;
+    insn_count += (uint64_t)(uintptr_t)udata;
+}
+#endif
+
 static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
     (void)id;
     size_t n = qemu_plugin_tb_n_insns(tb);
+#if TK_PLUGIN_API == 1
     qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &insn_count, n);
+#else
+    qemu_plugin_register_vcpu_tb_exec_cb(tb, on_block, QEMU_PLUGIN_CB_NO_REGS,
+                                         (void *)(uintptr_t)n);
+#endif
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
         uint64_t pc = qemu_plugin_insn_vaddr(insn);
         uint32_t word = 0;
         if (qemu_plugin_insn_size(insn) == 4) {
+#if TK_PLUGIN_API == 1
             memcpy(&word, qemu_plugin_insn_data(insn), 4);
+#else
+            qemu_plugin_insn_data(insn, &word, sizeof(word));
+#endif
         }
         bool probe = is_probe(pc), gic = is_gic_sysreg(word), mem = is_mem_site(pc);
         if (mem) {
