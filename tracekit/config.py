@@ -265,16 +265,23 @@ class ScenarioSpec:
     timeout_s: int = 300
 
 
+#: Source kinds a chain can have (tracekit/model/chains.py SOURCE_KINDS).
+SOURCE_KIND_NAMES = ("timer", "irqfd", "irq_line", "sgi")
+
+
 @dataclass(frozen=True)
 class _ScenarioFile:
     default: str
     scenario: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workload_sources: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ScenarioCatalog:
     default: str
     scenarios: Mapping[str, ScenarioSpec]
+    #: The workload's source names -> source kinds (only to check chains against).
+    workload_sources: Mapping[str, str] = field(default_factory=dict)
 
     def get(self, name: str) -> ScenarioSpec:
         try:
@@ -296,7 +303,14 @@ def load_scenarios(path: Path | None = None) -> ScenarioCatalog:
     }
     if raw.default not in specs:
         raise ConfigError(f"{p}: default scenario {raw.default!r} is not defined")
-    return ScenarioCatalog(default=raw.default, scenarios=specs)
+    for name, kind in raw.workload_sources.items():
+        if kind not in SOURCE_KIND_NAMES:
+            close = difflib.get_close_matches(kind, SOURCE_KIND_NAMES, n=1)
+            raise ConfigError(
+                f"{p}: workload_sources.{name} = {kind!r} is not a source kind",
+                hint=f"did you mean {close[0]!r}?" if close else f"use one of {SOURCE_KIND_NAMES}",
+            )
+    return ScenarioCatalog(raw.default, specs, raw.workload_sources)
 
 
 # --------------------------------------------------------------------------- tools

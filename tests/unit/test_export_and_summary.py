@@ -29,9 +29,8 @@ def build() -> bytes:
     with (RAW / "events.jsonl").open() as fh:
         events = list(read_events(fh))
     meta = json.loads((RAW / "meta.json").read_text())
-    classes = {(i["intid"], i["vcpu"]): i["class"] for i in meta["ground_truth"]["interrupts"]}
     decoder = load_probe_set().decoder
-    recon = reconstruct(events, decoder, "vhe", classes)
+    recon = reconstruct(events, decoder, "vhe")
     buf = io.BytesIO()
     export_trace(buf, recon, events, decoder, meta)
     return buf.getvalue()
@@ -62,11 +61,13 @@ def test_export_is_deterministic_golden() -> None:
 
 def test_summary_json_and_rendering_golden() -> None:
     summary = summarize(parse_trace(build()))
+    full = {"complete_chains": 20, "partial_chains": 0, "source_checked": 20, "source_matches": 20}
     assert summary["classes"] == {
-        "hardware": {"ground_truth": 20, "complete_chains": 20, "partial_chains": 0},
-        "virtual": {"ground_truth": 10, "complete_chains": 10, "partial_chains": 0},
-        "ipi": {"ground_truth": 5, "complete_chains": 5, "partial_chains": 0},
+        "hardware": {"ground_truth": 20, **full},
+        "virtual": {"ground_truth": 10, **{k: v // 2 for k, v in full.items()}},
+        "ipi": {"ground_truth": 5, **{k: v // 4 for k, v in full.items()}},
     }
+    assert summary["source_mismatches"] == []
     assert summary["phases_seen"] == ["A", "B", "C", "D", "E", "F"]
     assert summary["kvm_mode"] == "vhe"
     console = Console(width=100, file=io.StringIO(), force_terminal=False, color_system=None)

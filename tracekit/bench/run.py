@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tracekit.config import MachineProfile, ToolPaths
+from tracekit.config import MachineProfile, ToolPaths, load_scenarios
 from tracekit.errors import TracekitError
 from tracekit.guest.assets import GuestAssets
 from tracekit.guest.runner import ScenarioRequest, run_scenario
@@ -81,7 +81,13 @@ def run_bench(
         report(f"untraced {req.scenario.name} run")
         plain = run_scenario(req, profile, assets, tools)
         report(f"traced {req.scenario.name} run")
-        rec = Recorder(RecordOptions(req, profile, work / "bench.pftrace"), assets, tools).run()
+        opts = RecordOptions(
+            req,
+            profile,
+            work / "bench.pftrace",
+            workload_sources=load_scenarios().workload_sources,
+        )
+        rec = Recorder(opts, assets, tools).run()
     if rec.ground_truth is None or rec.incomplete_reason:
         raise TracekitError(f"the traced run did not complete: {rec.incomplete_reason}")
     meta = rec.meta

@@ -33,12 +33,15 @@ def _cycle(role: str, name: str, intid: int, vcpu: int) -> list[tuple[int, dict[
     """One cycle as (time offset, every field but ``t``)."""
     cpu = vcpu
     src = 1 - vcpu
+    # The source's activation records its frame; the queue's call stack (merge.py's
+    # ``src.<probe>`` marks) names it two frames up, as in a recording (docs/phases.md).
+    frame = 0xFFFF80000A00FD40 + 0x100 * intid
     rows: list[tuple[int, int, str, str, str, str, dict[str, int]]] = [
-        (0, src, "probe", name, role, "A", {}),
+        (0, src, "probe", name, role, "A", {"frame": frame}),
         (20, src, "probe", "kvm_vgic_inject_irq", "inject", "A", {}),
         (200, src, "probe", "vgic_queue_irq_unlock", "queue", "A", {
             "intid": intid, "target_vcpu": vcpu, "pending_latch": 1, "line_level": 0,
-            "config": 0, "hw": 0,
+            "config": 0, "hw": 0, "fp1": frame - 0x40, "fp2": frame, f"src.{name}": 2,
         }),
         (350, src, "probe", "kvm_vcpu_kick", "kick", "A", {"vcpu": vcpu, "vcpu_mode": 1}),
         (900, cpu, "probe", "hyp_vector_irq", "vector_irq", "B", {}),

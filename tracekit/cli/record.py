@@ -140,6 +140,7 @@ def record(
         stall_timeout_s=stall_timeout,
         extra_kernel_args=kernel_args,
         read_values=read_values,
+        workload_sources=catalog.workload_sources,
     )
     with Live(console=err_console, refresh_per_second=4, transient=True) as live:
         recorder = Recorder(

@@ -80,6 +80,9 @@ _META_KEYS = (
     "ended_by",
     "incomplete_reason",
     "ground_truth",
+    "workload_sources",
+    "probe_set",
+    "kernel_family",
 )
 
 
@@ -487,6 +490,8 @@ class _Exporter:
             "intid": chain.intid,
             "vcpu": chain.vcpu,
             "source": chain.source,
+            "source_kind": chain.source_kind or None,
+            "source_function": chain.source_function or None,
             "complete": not missing,
             "missing": ",".join(missing) or None,
             "exit_reason": chain.exit_reason or None,
@@ -504,7 +509,12 @@ class _Exporter:
                 ph["A"].start,
                 ph["A"].end,
                 PHASE_TITLES["A"],
-                {"chain": chain.id, "source": chain.source, "l1_cpu": chain.source_cpu},
+                {
+                    "chain": chain.id,
+                    "source": chain.source,
+                    "function": chain.source_function or None,
+                    "l1_cpu": chain.source_cpu,
+                },
                 flows,
                 True,
             )
@@ -557,7 +567,6 @@ def export_events(
     decoder: ExitDecoder,
     meta: Mapping[str, Any],
     kvm_mode: str = "vhe",
-    classes: Mapping[tuple[int, int], str] | None = None,
 ) -> dict[str, int]:
     """Reconstruct and write the trace in one pass over time-sorted ``events``.
 
@@ -565,7 +574,7 @@ def export_events(
     of raw events read and chain counts for the caller's report.
     """
     ex = _Exporter(out, decoder, meta, kvm_mode)
-    builder = ChainBuilder(decoder, kvm_mode, classes)
+    builder = ChainBuilder(decoder, kvm_mode)
     closed_exits, closed_entries, chains = (
         builder.closed_exits,
         builder.closed_entries,
@@ -635,8 +644,6 @@ def export_trace(
     """Write the trace of a recording already reconstructed as ``recon``.
 
     The exporter streams its own reconstruction (identical to ``recon``: same builder,
-    same mode and classes), so that one code path writes every trace.
+    same mode), so that one code path writes every trace.
     """
-    return export_events(
-        out, sorted(events, key=lambda e: e.t), decoder, meta, recon.kvm_mode, recon.classes
-    )
+    return export_events(out, sorted(events, key=lambda e: e.t), decoder, meta, recon.kvm_mode)

@@ -283,9 +283,9 @@ def _store_kernel(
     from tracekit.kernel import btf, kallsyms
     from tracekit.kernel.version import read_kernel_version
 
-    kernel = read_kernel_version(data, source=source)
     report("extracting kallsyms (vmlinux-to-elf)")
     symbols = kallsyms.symbols_from_image(data, source=source)
+    kernel = read_kernel_version(data, source=source)
     missing = [s for s in KVM_SYMBOLS if not symbols.has(s)]
     if missing:
         raise KernelImageError(

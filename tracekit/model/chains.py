@@ -16,7 +16,7 @@ Correlation rules (docs/phases.md):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tracekit.model.events import RawEvent
@@ -38,13 +38,25 @@ __all__ = [
 PHASES = ("A", "B", "C", "D", "E", "F")
 CLASSES = ("hardware", "virtual", "ipi")
 
-SOURCE_LABELS = {
-    "source_timer": "arch timer",
-    "source_irqfd": "irqfd (KVM_IRQFD)",
-    "source_irq_line": "KVM_IRQ_LINE",
-    "source_sgi": "SGI (ICC_SGI1R_EL1 trap)",
-    "inject": "kvm_vgic_inject_irq",
+#: What a source role's function injects from: the *kind* of a chain's source, read off
+#: the queue's own call stack (docs/phases.md, "Sources").
+SOURCE_KINDS = {
+    "source_timer": "timer",
+    "source_irqfd": "irqfd",
+    "source_irq_line": "irq_line",
+    "source_sgi": "sgi",
 }
+SOURCE_LABELS = {
+    "timer": "arch timer",
+    "irqfd": "irqfd (KVM_IRQFD)",
+    "irq_line": "KVM_IRQ_LINE",
+    "sgi": "SGI (ICC_SGI1R_EL1 trap)",
+    "": "source unknown",
+}
+#: The mission's class of each source kind.
+KIND_CLASSES = {"timer": "hardware", "irqfd": "virtual", "irq_line": "virtual", "sgi": "ipi"}
+#: A chain whose source the recording could not name, and whose INTID does not say.
+UNKNOWN_CLASS = "unknown"
 #: ICH_LR state bit 62 = pending (sysreg.h:888-899).
 LR_PENDING = 1
 
@@ -145,6 +157,9 @@ class Chain:
     sgi1r: int | None = None
     #: Why the delivering exit happened (IRQ, WFx, SYS64, ...).
     exit_reason: str = ""
+    #: The source's kind (SOURCE_KINDS; "" when unknown) and the function A starts in.
+    source_kind: str = ""
+    source_function: str = ""
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -164,8 +179,6 @@ class Reconstruction:
     kvm_mode: str
     #: Acknowledged INTIDs that matched no pending injection.
     unmatched_acks: int = 0
-    #: The (INTID, vCPU) -> class mapping the chains were classified with.
-    classes: Mapping[tuple[int, int], str] | None = None
     #: Pending injections dropped unacknowledged after ``max_pending_ns`` (incremental.py).
     dropped_pending: int = 0
 
@@ -174,9 +187,8 @@ def reconstruct(
     events: Iterable[RawEvent],
     decoder: ExitDecoder,
     kvm_mode: str = "vhe",
-    classes: Mapping[tuple[int, int], str] | None = None,
 ) -> Reconstruction:
-    """Build exits, entries and chains. ``classes`` maps (INTID, vCPU) to a class.
+    """Build exits, entries and chains; each chain's class comes from the recording.
 
     The batch form of :class:`tracekit.model.incremental.ChainBuilder` (which the exporter
     streams through): events are sorted first, and everything is kept. Chains are numbered
@@ -184,7 +196,7 @@ def reconstruct(
     """
     from tracekit.model.incremental import ChainBuilder  # it builds on this module's types
 
-    builder = ChainBuilder(decoder, kvm_mode, classes, keep_all=True)
+    builder = ChainBuilder(decoder, kvm_mode, keep_all=True)
     for ev in sorted(events, key=lambda e: e.t):
         builder.feed(ev)
     builder.finish()
@@ -196,22 +208,16 @@ def reconstruct(
         builder.all_acks,
         kvm_mode,
         builder.unmatched_acks,
-        classes,
         builder.dropped_pending,
     )
 
 
-def classify(
-    intid: int,
-    vcpu: int,
-    source_role: str,
-    hw: int | None,
-    classes: Mapping[tuple[int, int], str] | None,
-) -> str:
-    if classes and (intid, vcpu) in classes:
-        return classes[(intid, vcpu)]
+def classify(intid: int, kind: str) -> str:
+    """A chain's class from what the recording saw: its source's kind, else the INTID's
+    range when that alone decides (0..15 are SGIs), else ``unknown``. Never from the
+    workload's report, which only checks it."""
+    if kind:
+        return KIND_CLASSES[kind]
     if intid < 16:
         return "ipi"
-    if source_role == "source_timer" or hw:
-        return "hardware"
-    return "virtual"
+    return UNKNOWN_CLASS

@@ -9,8 +9,9 @@ What makes them streamable:
   CPU has opened the next one (or the flush/eret that ends it): nothing changes it after.
 * an interrupt instance is anchored on the guest's acknowledgement. Per (INTID, vCPU) only
   the first pending ``vgic_queue_irq_unlock`` since the previous acknowledgement is kept,
-  with its A-phase walk-back done on the spot (the source's calls are just before it on
-  its CPU, back to the previous run-loop boundary).
+  with its source resolved on the spot: the queue's own call stack names the source
+  function that called it, and that function's activation (its frame record, recorded
+  stop-free) gives A's start, on whatever CPU it ran (docs/phases.md, "Sources").
 * at the acknowledgement every *choice* of the chain is already fixed (its queue, the
   entry whose list registers carry it, the delivering entry, the last real exit before
   that entry), because each one lies before the acknowledgement. Some *values* may still
@@ -33,12 +34,13 @@ Input must be sorted by time (the merge writes it so); a step back raises TraceF
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tracekit.errors import TraceFileError
 from tracekit.model.chains import (
     LR_PENDING,
+    SOURCE_KINDS,
     SOURCE_LABELS,
     Ack,
     Chain,
@@ -54,7 +56,7 @@ __all__ = ["DEFAULT_MAX_PENDING_NS", "ChainBuilder"]
 
 #: One second of L1 timeline: far beyond any interrupt latency a recording shows.
 DEFAULT_MAX_PENDING_NS = 1_000_000_000
-#: Roles that end a source's run of calls on its CPU (the A-phase walk-back stops there).
+#: Roles that bound a CPU's probe history (it is pruned back to one of them).
 _BOUNDARY = frozenset(("queue", "eret", "flush", "guest_exit", "handle_exit"))
 #: Probe roles that end or make an A phase (``_probe``).
 _A_ROLES = frozenset(("queue", "kick"))
@@ -79,6 +81,9 @@ class _Queued:
     source_role: str
     sender_vcpu: int | None
     sgi1r: int | None
+    #: The function A starts in and the CPU it ran on ("" / None: source unknown).
+    source_function: str = ""
+    source_cpu: int | None = None
     a_end: int | None = None
     #: For an SGI: whether the sender's trapping exit is known yet, and its start.
     trap_done: bool = True
@@ -113,14 +118,12 @@ class ChainBuilder:
         self,
         decoder: ExitDecoder,
         kvm_mode: str = "vhe",
-        classes: Mapping[tuple[int, int], str] | None = None,
         *,
         max_pending_ns: int = DEFAULT_MAX_PENDING_NS,
         keep_all: bool = False,
     ) -> None:
         self.decoder = decoder
         self.kvm_mode = kvm_mode
-        self.classes = classes
         self.max_pending_ns = max_pending_ns
         #: Outputs since the last ``take()``: closed exits, closed entries, finished chains.
         self.closed_exits: list[Exit] = []
@@ -151,6 +154,12 @@ class ChainBuilder:
         self._a_watch: dict[int, list[_Queued]] = {}
         self._traps: list[_Queued] = []
         self._waiting: list[_Pending] = []
+        #: The latest activation of each source function per frame record address, and
+        #: each source probe's role (learnt from its events).
+        self._activations: dict[tuple[str, int], RawEvent] = {}
+        self._source_role: dict[str, str] = {}
+        #: Queues whose source the evidence could not decide, by reason.
+        self.unknown_sources: dict[str, int] = {}
         self._dirty = False
         #: The run-loop rules per role (``feed``).
         self._on_role: dict[str, Callable[[RawEvent], None]] = {
@@ -165,6 +174,7 @@ class ChainBuilder:
             "eret": self._eret,
             "lr_write": self._lr_write,
             "ack": self._ack_event,
+            **dict.fromkeys(SOURCE_KINDS, self._source_activation),
         }
 
     # -- public ------------------------------------------------------------------------
@@ -437,23 +447,15 @@ class ChainBuilder:
         if st.queued is not None or ev.t <= st.prev_ack_t:
             return
         t = ev.t
-        a_start, source_role = t, ""
-        sender_vcpu = sgi1r = None
+        source = self._source_of(ev)
+        a_start, source_role, sender_vcpu, sgi1r, function, source_cpu = source
+        # Events of this CPU at the queue's own time, before it (the A end's walk).
         same: list[RawEvent] = []
         for h in reversed(hist):
-            if h.t >= t:
-                same.append(h)
-                continue
-            role = h.role
-            if role in _BOUNDARY:
+            if h.t < t:
                 break
-            if role.startswith("source_") or role == "inject":
-                a_start = h.t
-                if role.startswith("source_") or not source_role:
-                    source_role = role
-                if role == "source_sgi":
-                    sender_vcpu, sgi1r = h.values.get("vcpu"), h.values.get("sgi1r")
-        q = _Queued(ev, vcpu, a_start, source_role, sender_vcpu, sgi1r)
+            same.append(h)
+        q = _Queued(ev, vcpu, a_start, source_role, sender_vcpu, sgi1r, function, source_cpu)
         if same:
             # Events at the queue's own time before it: the forward walk starts after the
             # first of them and reaches this queue (a stop) unless a kick comes first.
@@ -471,6 +473,52 @@ class ChainBuilder:
             q.trap_done = False
             self._traps.append(q)
         st.queued = q
+
+    def _source_activation(self, ev: RawEvent) -> None:
+        self._source_role[ev.name] = ev.role
+        frame = ev.values.get("frame")
+        if frame is not None:
+            self._activations[(ev.name, frame)] = ev
+
+    def _source_of(self, ev: RawEvent) -> tuple[int, str, int | None, int | None, str, int | None]:
+        """(A start, source role, SGI sender, SGI1R, function, CPU) of a queue.
+
+        The merge marked each frame of the queue's call stack that lies in a source
+        function (``src.<probe> = k``, k frames up). The innermost such frame decides the
+        kind: a queue nested in another source (a host timer interrupt inside an ioctl) is
+        the inner one's. Its activation is the source event whose frame record address is
+        that frame's (``fp<k>``); A starts at the outermost consecutive activation of the
+        same kind (kvm_arch_timer_handler around kvm_timer_update_irq). Missing evidence
+        (a frame without its activation) leaves the source unknown, never guessed.
+        """
+        unknown: tuple[int, str, int | None, int | None, str, int | None] = (
+            ev.t, "", None, None, "", None,
+        )  # fmt: skip
+        frames = sorted((k, key[4:]) for key, k in ev.values.items() if key.startswith("src."))
+        if not frames:
+            self._unknown("no source function on the queue's call stack")
+            return unknown
+        found: RawEvent | None = None
+        kind = ""
+        for k, name in frames:
+            act = self._activations.get((name, ev.values.get(f"fp{k}", -1)))
+            if act is None or act.t > ev.t:
+                if found is None:
+                    self._unknown(f"no recorded activation of {name} for its frame")
+                    return unknown
+                break
+            act_kind = SOURCE_KINDS.get(act.role, "")
+            if found is not None and act_kind != kind:
+                break  # an outer source of another kind: this queue was nested in it
+            found, kind = act, act_kind
+        assert found is not None
+        sender = sgi1r = None
+        if found.role == "source_sgi":
+            sender, sgi1r = found.values.get("vcpu"), found.values.get("sgi1r")
+        return found.t, found.role, sender, sgi1r, found.name, found.cpu
+
+    def _unknown(self, why: str) -> None:
+        self.unknown_sources[why] = self.unknown_sources.get(why, 0) + 1
 
     def _resolve_traps(self, *, final: bool) -> None:
         """An SGI's A starts at the sender's trapping exit: the exit of its CPU with the
@@ -574,10 +622,10 @@ class ChainBuilder:
     def _chain(self, p: _Pending) -> Chain:
         phases: dict[str, Span] = {}
         q = p.q
-        source_role = ""
+        source_role = function = ""
         source_cpu = sender_vcpu = sgi1r = hw = None
         if q is not None:
-            source_cpu = q.ev.cpu
+            source_cpu, function = q.source_cpu, q.source_function
             hw = q.ev.values.get("hw")
             source_role = q.source_role
             sender_vcpu, sgi1r = q.sender_vcpu, q.sgi1r
@@ -599,12 +647,13 @@ class ChainBuilder:
         if p.exit is not None:
             name, ec, _ = self.decoder.describe(p.exit.code, p.exit.esr)
             reason = ec or name
+        kind = SOURCE_KINDS.get(source_role, "")
         return Chain(
             p.chain_id,
-            classify(p.intid, p.vcpu, source_role, hw, self.classes),
+            classify(p.intid, kind),
             p.intid,
             p.vcpu,
-            SOURCE_LABELS.get(source_role, "unknown"),
+            SOURCE_LABELS[kind],
             source_cpu,
             phases,
             p.ack,
@@ -615,6 +664,8 @@ class ChainBuilder:
             sender_vcpu,
             sgi1r,
             reason,
+            kind,
+            function,
         )
 
     # -- pruning -------------------------------------------------------------------------

@@ -39,6 +39,18 @@ def _stats(values: list[int]) -> dict[str, int]:
     }
 
 
+def _workload_kinds(gt: Any, names: dict[str, str]) -> dict[tuple[int, int], str]:
+    """(INTID, vCPU) -> the source kind the workload reports for it."""
+    if not isinstance(gt, dict):
+        return {}
+    out = {}
+    for irq in gt.get("interrupts", []):
+        kind = names.get(str(irq.get("source", "")))
+        if kind:
+            out[(int(irq["intid"]), int(irq["vcpu"]))] = kind
+    return out
+
+
 def summarize(content: TraceContent) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for inst in content.instants:
@@ -55,6 +67,8 @@ def summarize(content: TraceContent) -> dict[str, Any]:
     latency: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     seen: set[str] = set()
     busiest: Counter[tuple[int, int, str]] = Counter()
+    expected = _workload_kinds(gt, meta.get("workload_sources") or {})
+    mismatches: Counter[tuple[int, int, str, str]] = Counter()
     for s in chains:
         cls = str(s.args["class"])
         entry = classes.setdefault(
@@ -62,6 +76,15 @@ def summarize(content: TraceContent) -> dict[str, Any]:
         )
         complete = bool(s.args.get("complete"))
         entry["complete_chains" if complete else "partial_chains"] += 1
+        ik = (int(s.args["intid"]), int(s.args["vcpu"]))
+        if complete and ik in expected:
+            # The recording's source against the workload's own word for this (INTID, vCPU).
+            entry["source_checked"] = entry.get("source_checked", 0) + 1
+            kind = str(s.args.get("source_kind") or "unknown")
+            if kind == expected[ik]:
+                entry["source_matches"] = entry.get("source_matches", 0) + 1
+            else:
+                mismatches[(*ik, kind, expected[ik])] += 1
         busiest[(int(s.args["intid"]), int(s.args["vcpu"]), cls)] += 1
         for p in PHASES:
             d = s.args.get(f"phase_{p}_ns")
@@ -108,6 +131,10 @@ def summarize(content: TraceContent) -> dict[str, Any]:
             for k, n in sorted(busiest.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
         ],
         "time_in_phase_ns": time_in_phase,
+        "source_mismatches": [
+            {"intid": k[0], "vcpu": k[1], "recorded": k[2], "workload": k[3], "chains": n}
+            for k, n in sorted(mismatches.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        ],
         "trace_problems": content.problems[:20],
         "unterminated_flows": len(content.unterminated_flows()),
     }

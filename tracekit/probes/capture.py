@@ -3,11 +3,12 @@
 Grammar (configs/probes/*.toml)::
 
     capture := REG | TYPE "[" addr "]"
-    addr    := base ("+" MEMBER)?
+    addr    := base ("+" (MEMBER | NUMBER))?
     base    := REG | "[" addr "]"          # a pointer loaded from memory
     REG     := x0..x30 | w0..w30 | cpsr | pc | sp
     TYPE    := u8 | u16 | u32 | u64 | s32
     MEMBER  := struct.member[.member...]    # resolved through the kernel's BTF
+    NUMBER  := decimal or 0x-hex byte offset  # layouts the ABI fixes, e.g. a frame record
 
 ``u32 [[x1 + vgic_irq.target_vcpu] + kvm_vcpu.vcpu_idx]`` becomes
 ``*(unsigned int *)(*(unsigned long *)($x1 + 48) + 40)`` for the Debian 6.1 build.
@@ -31,6 +32,7 @@ TYPES = {
 }
 _REG = re.compile(r"^(?:[xw](?:[12]?\d|30)|cpsr|pc|sp)$")
 _MEMBER = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*(?:\[\d+\])?)+")
+_NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+")
 
 
 def _reg(name: str) -> str:
@@ -69,8 +71,11 @@ def _addr(text: str, offset_of: Callable[[str], int], where: str) -> str:
     if not rest.startswith("+"):
         raise ConfigError(f"{where}: expected '+ struct.member' after the base, got {rest!r}")
     member = rest[1:].strip()
+    if _NUMBER.fullmatch(member):
+        # A fixed ABI layout (AAPCS64 frame record: [fp] = caller's fp, [fp + 8] = lr).
+        return f"{base} + {int(member, 0)}"
     if not _MEMBER.fullmatch(member):
-        raise ConfigError(f"{where}: {member!r} is not struct.member")
+        raise ConfigError(f"{where}: {member!r} is not struct.member or a byte offset")
     return f"{base} + {offset_of(member)}"
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from tracekit.errors import SymbolError
 
-__all__ = ["PointerSite", "find_pointer_site"]
+__all__ = ["PointerSite", "find_frame_site", "find_pointer_site"]
 
 #: Instructions scanned from the entry before giving up.
 SCAN_INSNS = 32
@@ -135,4 +135,36 @@ def find_pointer_site(
     raise SymbolError(
         f"{what}: no memory access based on x{register} in the first instructions",
         hint="the kernel build differs; read the value with a stop instead (mode = 'stop')",
+    )
+
+
+_FP, _LR = 29, 30
+
+
+def find_frame_site(read_insn: Callable[[int], int], entry: int, what: str) -> PointerSite:
+    """The prologue's store of its frame record: ``stp x29, x30, [sp, #imm]`` (pre-index
+    or signed offset, AAPCS64 6.4.6). The address it writes *is* the function's frame
+    record, the ``x29`` its callees see: a callee's frame chain names this activation.
+
+    The site's offset is 0: the value recovered is the accessed address itself. Raises
+    SymbolError (naming ``what``) when no such store comes before a branch.
+    """
+    for i in range(SCAN_INSNS):
+        pc = entry + 4 * i
+        insn = read_insn(pc)
+        if _is_branch(insn):
+            break
+        access = _load_store(insn)
+        if (
+            access is not None
+            and access.store
+            and access.base == _SP
+            and access.loaded == (_FP, _LR)
+            and insn >> 30 == 2  # 64-bit registers
+            and ((insn >> 23) & 7) in (2, 3)  # signed offset, pre-index
+        ):
+            return PointerSite(pc, 0)
+    raise SymbolError(
+        f"{what}: no frame record store (stp x29, x30, [sp, ...]) in the first instructions",
+        hint="the function may be a leaf without a frame; drop `frame = true` for it",
     )

@@ -12,7 +12,7 @@ from dataclasses import astuple, dataclass
 from tracekit.errors import SymbolError
 from tracekit.kernel.kallsyms import SymbolTable, instruction_at
 from tracekit.probes.capture import to_gdb
-from tracekit.probes.pointer import find_pointer_site
+from tracekit.probes.pointer import find_frame_site, find_pointer_site
 from tracekit.probes.spec import PHASES, ProbeSet, ProbeSpec
 
 __all__ = ["ResolvedProbe", "ResolvedProbeSet", "resolve_probes"]
@@ -51,6 +51,9 @@ class ResolvedProbe:
     stops: bool = False
     #: (value name, access pc, offset): pointer arguments recovered stop-free.
     pointer_sites: tuple[tuple[str, int, int], ...] = ()
+    #: End of the function's code (the next symbol), for ``frame`` probes: a return
+    #: address in [address, code_end) lies in this function.
+    code_end: int = 0
 
     @property
     def name(self) -> str:
@@ -162,8 +165,22 @@ def _resolve_one(
         )
         for value, reg in spec.pointer.items()
     )
+    code_end = 0
+    if spec.frame:
+        read = lambda a: instruction_at(image, symbols, a)  # noqa: E731
+        site = find_frame_site(read, addr, f"probe {spec.name}: frame")
+        sites = (*sites, ("frame", site.pc, site.offset))
+        code_end = _function_end(symbols, addr)
     probe = ResolvedProbe(
-        spec, addr, used, symbols.symbolize(addr), captures, skip, stops=stops, pointer_sites=sites
+        spec,
+        addr,
+        used,
+        symbols.symbolize(addr),
+        captures,
+        skip,
+        stops=stops,
+        pointer_sites=sites,
+        code_end=code_end,
     )
     return probe, (used if used != spec.symbol else None)
 

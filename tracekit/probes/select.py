@@ -63,7 +63,9 @@ def choose_probe_set(
         return match[0].name
     path = Path(explicit)
     if path.suffix == ".toml":
-        kernel = str(load_toml(path).get("kernel") or "?")
+        from tracekit.probes.spec import load_probe_set
+
+        kernel = load_probe_set(str(path)).kernel  # validates the whole file first
         name = str(path)
     else:
         known = {s.name: s for s in sets}

@@ -59,6 +59,10 @@ class ProbeSpec:
     #: Value name -> argument register (``x0``..``x30``) whose value at entry is
     #: recovered stop-free from the first memory access based on it (probes/pointer.py).
     pointer: dict[str, str] = field(default_factory=dict)
+    #: Record each activation's frame record address stop-free (``frame`` value), so a
+    #: queue whose call stack holds this function names the activation that queued it
+    #: (docs/phases.md, "Sources").
+    frame: bool = False
 
     def stops(self, read_values: bool = False) -> bool:
         """Whether this probe is a debugger stop (``read_values``: also inferred ones)."""
@@ -160,6 +164,11 @@ def load_probe_set(name_or_path: str = "linux-6.1", config_dir: Path | None = No
                     f"{path}: probe {p.name}: pointer.{value} = {reg!r} is not usable",
                     hint="name an argument register x0..x30 of a host (non-hyp) probe",
                 )
+        if p.frame and (p.hyp or p.offset or p.after_call or p.instruction):
+            raise ConfigError(
+                f"{path}: probe {p.name}: frame = true needs a host function entry",
+                hint="use it on probes at a function's symbol (no offset, not hyp)",
+            )
         for value, rule in p.infer.items():
             if rule not in INFERENCE_RULES:
                 raise ConfigError(

@@ -45,6 +45,9 @@ class ProbeInfo:
     implies: Mapping[str, int] = field(default_factory=dict)
     #: (value name, access pc, offset) of its pointer sites (probes/pointer.py).
     pointers: tuple[tuple[str, int, int], ...] = ()
+    #: [start, end) of its function's code, for ``frame`` probes (a queue's call stack
+    #: is matched against it: ``_frame_sources``).
+    code: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,10 @@ def merge(
     sites = {pc: (p, value, off) for p in probes_list for value, pc, off in p.pointers}
     #: (cpu, probe name) -> index in ``events`` of that probe's latest event there.
     latest: dict[tuple[int, str], int] = {}
+    #: (event index, value) pairs a pointer site already gave (a store pair may be
+    #: reported as two accesses; the first, lower one is the site's).
+    given: set[tuple[int, str]] = set()
+    functions = sorted((p.code[0], p.code[1], p.name) for p in probes_list if p.code)
     for item in parse_qemu_log(log_lines, st.log):
         if isinstance(item, GicEvent):
             events.append(RawEvent(item.t, item.cpu, "gic", item.name, item.role, "", item.values))
@@ -120,7 +127,7 @@ def merge(
                 exception[item.cpu] = item
             continue
         if isinstance(item, MemoryAccess):
-            _attach_pointer(item, sites, latest, events, st)
+            _attach_pointer(item, sites, latest, events, st, given)
             continue
         probe = by_pc.get(item.pc)
         taken = exception.pop(item.cpu, None)
@@ -144,6 +151,8 @@ def merge(
                 st.discarded_non_host += 1
                 continue
             values = {**values, **hit.values}
+            if functions and "ret1" in values:
+                values = {**values, **_frame_sources(values, functions)}
         st.per_probe[probe.name] = st.per_probe.get(probe.name, 0) + 1
         if probe.pointers:
             latest[(item.cpu, probe.name)] = len(events)
@@ -163,6 +172,7 @@ def _attach_pointer(
     latest: Mapping[tuple[int, str], int],
     events: list[RawEvent],
     st: MergeStats,
+    given: set[tuple[int, str]],
 ) -> None:
     """Give the access's pointer value to the latest event of its probe on that CPU.
 
@@ -175,6 +185,9 @@ def _attach_pointer(
         st.pointers_orphaned += 1
         return
     _, value, offset = site
+    if (index, value) in given:
+        return  # the second half of a store pair: the site's value is the first access
+    given.add((index, value))
     pointer = (access.vaddr - offset) & 0xFFFFFFFFFFFFFFFF
     ev = events[index]
     read = ev.values.get(value)
@@ -186,6 +199,43 @@ def _attach_pointer(
     events[index] = RawEvent(
         ev.t, ev.cpu, ev.source, ev.name, ev.role, ev.phase, {**ev.values, value: pointer}
     )
+
+
+#: Frames of a queue's call stack the probe set captures (ret1/fp1 .. ret6/fp6).
+MAX_FRAMES = 6
+
+
+def strip_pac(address: int) -> int:
+    """A kernel return address without its pointer-authentication code.
+
+    A return address saved in a frame record was signed by ``paciasp``: the PAC sits in
+    the bits above the virtual-address size. Kernel text addresses have all of bits 63:48
+    set (arm64 memory layout, for 48- and 52-bit VAs alike), so setting them strips the
+    PAC of a kernel (bit 55 set) address.
+    """
+    return address | 0xFFFF000000000000 if address >> 55 & 1 else address
+
+
+def _frame_sources(
+    values: Mapping[str, int], functions: list[tuple[int, int, str]]
+) -> dict[str, int]:
+    """``src.<probe> = k`` for each captured frame k whose return address lies in the
+    function of a ``frame`` probe: the queue was called, k frames up, from that function.
+    """
+    import bisect
+
+    out: dict[str, int] = {}
+    starts = [f[0] for f in functions]
+    for k in range(1, MAX_FRAMES + 1):
+        ret = values.get(f"ret{k}")
+        if ret is None:
+            break
+        addr = strip_pac(ret)
+        i = bisect.bisect_right(starts, addr) - 1
+        # A return address points after the call, so it is never a function's own entry.
+        if i >= 0 and functions[i][0] < addr < functions[i][1]:
+            out.setdefault(f"src.{functions[i][2]}", k)
+    return out
 
 
 def _exception_values(rec: ExceptionRecord) -> dict[str, int]:

@@ -31,11 +31,6 @@ class ExportReport:
     meta: dict[str, Any]
 
 
-def _classes(meta: dict[str, Any]) -> dict[tuple[int, int], str]:
-    gt = meta.get("ground_truth") or {}
-    return {(int(i["intid"]), int(i["vcpu"])): str(i["class"]) for i in gt.get("interrupts", [])}
-
-
 def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeStats]:
     """Merge hits.jsonl and qemu.log again (tolerates a torn last line), then infer
     the values the probe set says follow from context (model/context.py)."""
@@ -48,6 +43,7 @@ def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeS
             p["mode"],
             {str(k): int(v) for k, v in dict(p.get("implies", {})).items()},
             tuple((str(n), int(pc), int(off)) for n, pc, off in p.get("pointers", [])),
+            (int(p["code"][0]), int(p["code"][1])) if p.get("code") else None,
         )
         for p in meta.get("probes", [])
     ]
@@ -108,7 +104,7 @@ def export_raw(
         else:
             events, _ = remerge(raw_dir, meta)
     dec = decoder or load_probe_set(str(meta.get("probe_set", "linux-6.1"))).decoder
-    recon = reconstruct(events, dec, str(meta.get("kvm_mode", "vhe")), _classes(meta))
+    recon = reconstruct(events, dec, str(meta.get("kvm_mode", "vhe")))
     tmp = output.with_name(output.name + ".tmp")
     try:
         with tmp.open("wb") as fh:

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -83,6 +83,9 @@ class RecordOptions:
     extra_kernel_args: tuple[str, ...] = ()
     #: Also stop where values are inferred, read them, and check the inference.
     read_values: bool = False
+    #: The workload's source names -> source kinds, kept in the metadata so the summary
+    #: can check each chain's recorded source against the workload (never to set it).
+    workload_sources: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -159,6 +162,7 @@ def _probe_meta(probes: ResolvedProbeSet) -> list[dict[str, Any]]:
             "infer": dict(p.spec.infer),
             "implies": dict(p.spec.implies),
             "pointers": [list(site) for site in p.pointer_sites],
+            "code": [p.runtime_address, p.code_end] if p.code_end else None,
         }
         for p in probes.probes
     ]
@@ -428,6 +432,7 @@ class Recorder:
             "probe_set": self._probe_set_name,
             "kernel_family": self.assets.kernel_family,
             "read_values": self.opts.read_values,
+            "workload_sources": dict(self.opts.workload_sources),
             # The exit code of __guest_enter's early return (model/context.py).
             "irq_exit_code": self._probe_set.decoder.code("IRQ"),
         }

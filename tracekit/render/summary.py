@@ -36,18 +36,38 @@ def render_summary(s: dict[str, Any], width: int = 30) -> RenderableType:
     if s.get("incomplete_reason"):
         parts.append(Text(f"INCOMPLETE: {s['incomplete_reason']}", style="bold red"))
     t = Table(title="interrupt chains against the workload's ground truth")
-    for col in ("class", "ground truth", "complete A–F", "partial", ""):
+    for col in ("class", "ground truth", "complete A–F", "partial", "", "source matches workload"):
         t.add_column(col, justify="left" if col in ("class", "") else "right")
     for cls, c in s["classes"].items():
         ok = c["complete_chains"] == c["ground_truth"] and c["partial_chains"] == 0
+        checked, matches = c.get("source_checked", 0), c.get("source_matches", 0)
         t.add_row(
             cls,
             str(c["ground_truth"]),
             str(c["complete_chains"]),
             str(c["partial_chains"]),
             "[green]match[/]" if ok else "[red]differs[/]",
+            (
+                f"[green]{matches}/{checked}[/]"
+                if matches == checked
+                else f"[red]{matches}/{checked}[/]"
+            )
+            if checked
+            else "",
         )
     parts.append(t)
+    if s.get("source_mismatches"):
+        parts.append(
+            Text(
+                "source differs from the workload: "
+                + "; ".join(
+                    f"INTID {m['intid']} vCPU{m['vcpu']}: recorded {m['recorded']},"
+                    f" workload {m['workload']} ({m['chains']})"
+                    for m in s["source_mismatches"]
+                ),
+                style="red",
+            )
+        )
     lat = Table(title="phase latency (timeline ns; 1 instruction = 1 ns)")
     for col in ("class", "phase", "count", "p50", "p95", "max"):
         lat.add_column(col, justify="right" if col in ("count", "p50", "p95", "max") else "left")
