@@ -18,6 +18,7 @@ but found a problem); any other exception is a bug and only shows a traceback wi
      +-- DebuggerError          GDB could not attach or misbehaved
      +-- TraceFileError         a .pftrace or raw event log cannot be read or written
      +-- GroundTruthError       the workload's own counters disagree (exit code 1)
+     +-- TraceCheckFailed       Perfetto's trace processor finds a trace wrong (exit code 1)
      +-- Interrupted            the user pressed Ctrl-C (exit code 130)
 """
 
@@ -32,6 +33,7 @@ __all__ = [
     "KernelImageError",
     "ScenarioError",
     "SymbolError",
+    "TraceCheckFailed",
     "TraceFileError",
     "TracekitError",
     "VMError",
@@ -96,6 +98,12 @@ class TraceFileError(TracekitError):
 
 class GroundTruthError(TracekitError):
     """The workload's own counters disagree with each other or with the trace."""
+
+    exit_code = 1
+
+
+class TraceCheckFailed(TracekitError):
+    """A trace loads, but Perfetto's trace processor shows something wrong in it."""
 
     exit_code = 1
 

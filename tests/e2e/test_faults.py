@@ -15,6 +15,7 @@ import pytest
 
 from tests.cli import run_tracekit, start_tracekit
 from tests.sockets import descendants
+from tests.trace_check import assert_trace_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -90,6 +91,7 @@ def check_aftermath(rec: Recording, rc: int, err: str, want: str) -> dict[str, A
     assert data["incomplete_reason"], "the partial trace must say it is incomplete"
     assert sum(c["complete_chains"] + c["partial_chains"] for c in data["classes"].values()) >= 0
     assert (rec.out.with_suffix(".raw") / "events.jsonl").exists()
+    assert_trace_ok(rec.out)  # the partial trace is a whole, valid trace of what was seen
     return data
 
 
@@ -171,6 +173,7 @@ def test_three_recordings_at_once_do_not_interfere(tmp_path: Path, guest_assets:
         assert proc.returncode == 0, stderr[-2000:]
         summary = json.loads(stdout)
         assert summary["classes"]["ipi"]["complete_chains"] == 10
+        assert_trace_ok(out)
         meta = json.loads((out.with_suffix(".raw") / "meta.json").read_text())
         sock = next(a for a in meta["qemu_argv"] if a.startswith("unix:") and "qmp" in a)
         runtimes.add(Path(sock[5:].split(",")[0]).parent)

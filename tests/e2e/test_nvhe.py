@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.cli import run_tracekit
+from tests.trace_check import assert_trace_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +29,7 @@ def record(out: Path, mode: str) -> dict[str, Any]:
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_trace_ok(out)
     data: dict[str, Any] = json.loads(proc.stdout)
     return data
 

@@ -13,6 +13,7 @@ import pytest
 
 from tests.cli import run_tracekit, start_tracekit
 from tests.sockets import descendants, listening_tcp
+from tests.trace_check import assert_trace_ok
 from tracekit.export.reader import read_trace
 
 pytestmark = pytest.mark.e2e
@@ -39,6 +40,7 @@ def _record(out: Path, *extra: str) -> dict[str, Any]:
     stdout, stderr = proc.communicate(timeout=1200)
     watcher.join(timeout=5)
     assert proc.returncode == 0, stderr[-3000:]
+    assert_trace_ok(out)
     return {
         "summary": json.loads(stdout),
         "out": out,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli import run_tracekit
+from tests.trace_check import assert_trace_ok
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +33,7 @@ def good_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("t") / "good.pftrace"
     r = run("export", str(RAW), "-o", str(out))
     assert r.returncode == 0, r.stderr
+    assert_trace_ok(out)
     return out
 
 

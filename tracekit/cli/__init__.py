@@ -60,6 +60,7 @@ def _register() -> None:
     cli.add_command(trace.export)
     cli.add_command(trace.open_trace)
     cli.add_command(trace.query)
+    cli.add_command(trace.check)
     cli.add_command(trace.diff)
     cli.add_command(bench.bench)
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import webbrowser
 from pathlib import Path
 
 import click
 from rich.console import Console
 
-from tracekit.errors import EnvironmentProblem, TraceFileError
+from tracekit.errors import TraceCheckFailed, TraceFileError
 
 __all__ = ["diff", "export", "open_trace", "query", "summary"]
 
@@ -117,22 +116,57 @@ def open_trace(trace: Path, port: int, no_browser: bool, timeout: float | None) 
 )
 def query(trace: Path, sql: str, bin_path: str | None) -> int:
     """Run SQL on a trace with Perfetto's trace processor (needs its native binary)."""
-    path = bin_path or os.environ.get("TRACEKIT_TRACE_PROCESSOR")
-    if not path or not os.path.isfile(path):
-        raise EnvironmentProblem(
-            "tracekit query needs Perfetto's trace_processor_shell binary, which no package "
-            "registry ships",
-            hint="download it where you can and pass --trace-processor PATH or set "
-            "TRACEKIT_TRACE_PROCESSOR; `tracekit summary` works without it",
-        )
+    from tracekit.export.check import find_trace_processor
+
+    path = find_trace_processor(bin_path)
     if not trace.is_file():
         raise TraceFileError(f"trace file {trace} does not exist")
     from perfetto.trace_processor import TraceProcessor, TraceProcessorConfig
 
-    with TraceProcessor(trace=str(trace), config=TraceProcessorConfig(bin_path=path)) as tp:
-        rows = list(tp.query(sql))
+    try:
+        with TraceProcessor(trace=str(trace), config=TraceProcessorConfig(bin_path=path)) as tp:
+            rows = list(tp.query(sql))
+    except Exception as exc:  # the client raises bare Exceptions for SQL and load errors
+        # Its message may carry the server side's traceback: the last line says what failed.
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        said = lines[-1].strip() if lines else type(exc).__name__
+        raise TraceFileError(f"trace processor: {said[:300]}", hint="check the SQL") from None
     for row in rows:
         click.echo(json.dumps(row.__dict__, default=str))
+    return 0
+
+
+@click.command()
+@click.argument("trace", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--trace-processor",
+    "bin_path",
+    default=None,
+    help="trace_processor_shell binary (or $TRACEKIT_TRACE_PROCESSOR).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def check(trace: Path, bin_path: str | None, as_json: bool) -> int:
+    """Load a trace with Perfetto's own trace processor and check it as the UI will see it:
+    no import errors, no open slice, every chain's flow through its phases in order."""
+    from rich.table import Table
+
+    from tracekit.export.check import TraceProcessorRunner, find_trace_processor
+
+    checks = TraceProcessorRunner(find_trace_processor(bin_path)).check(trace)
+    failed = [c for c in checks if not c.ok]
+    if as_json:
+        click.echo(json.dumps([c.__dict__ for c in checks], indent=1))
+    else:
+        table = Table(title=f"tracekit check {trace.name} (Perfetto trace processor)")
+        for col in ("check", "", "detail"):
+            table.add_column(col)
+        for c in checks:
+            table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAILED[/]", c.detail)
+        Console().print(table)
+    if failed:
+        raise TraceCheckFailed(
+            f"{len(failed)} check(s) failed on {trace}: " + "; ".join(c.name for c in failed)
+        )
     return 0
 
 

@@ -40,9 +40,11 @@ from tracekit.model.events import RawEvent
 from tracekit.model.incremental import ChainBuilder
 from tracekit.probes.spec import ExitDecoder
 
-__all__ = ["PHASE_TITLES", "export_events", "export_trace"]
+__all__ = ["END_MARKER", "PHASE_TITLES", "export_events", "export_trace"]
 
 SEQ = 0x7C0DE
+#: Name of the instant that closes every trace (export/check.py looks for it).
+END_MARKER = "tracekit end of trace"
 #: Slice names a user understands without the docs.
 PHASE_TITLES = {
     "A": "A source: interrupt raised",
@@ -551,12 +553,19 @@ class _Exporter:
             nest.release(low)
         self.sink.flush(force=False)
 
-    def finish(self) -> dict[str, int]:
+    def finish(self, t_end: int, chains: int, unknown_sources: Mapping[str, int]) -> dict[str, int]:
         self.resolve_in_guest(None)
         self.release(1 << 62)
         for track, cur, count in self.rate.values():
             self._counter(cur * BUCKET_NS, track, count * 1e9 / BUCKET_NS)
             self._counter((cur + 1) * BUCKET_NS, track, 0.0)
+        # The last packet: a trace cut short (disk full, a killed export) still parses,
+        # with whole chains only; its missing end marker is what tells (tracekit check).
+        args = {
+            "chains": chains,
+            "source_unknown": json.dumps(dict(unknown_sources), sort_keys=True),
+        }
+        self.sink.add(self.enc.event(t_end, TYPE_INSTANT, self.meta_track, END_MARKER, args))
         self.sink.flush()
         return {"tracks": self.tracks, "events": self.sink.packets - self.tracks}
 
@@ -627,7 +636,7 @@ def export_events(
         ex.entry(e)
     for c in chains:
         ex.chain(c)
-    counts = ex.finish()
+    counts = ex.finish(builder.now, builder.chain_count, builder.unknown_sources)
     counts["raw_events"] = n
     counts["chains"] = builder.chain_count
     counts["unmatched_acks"] = builder.unmatched_acks

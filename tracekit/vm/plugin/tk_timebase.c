@@ -19,6 +19,10 @@
  *                             touched <vaddr>: the recorder knows which register it was
  *                             based on and at what offset, so this recovers a pointer
  *                             argument without stopping (probes/pointer.py)
+ *   TKW <n>                   (API 4 only, at exit) how many of the lines above named the
+ *                             vCPU from the callback's index because the running vCPU
+ *                             could not be determined (see running_vcpu); 0 when every
+ *                             line names the vCPU that ran the instruction
  *   TKE <t>                   QEMU is exiting
  *
  * Arguments: probes=FILE: one hex PC per line (a probe), or "m <hex PC>" (a memory site).
@@ -35,8 +39,13 @@
  *   4  QEMU 10.0 (Debian 13, bookworm-backports; accepts 2..4): the inline add without
  *      a per-vCPU scoreboard is gone (removed in API 2, QEMU 9.0), and
  *      qemu_plugin_insn_data copies into a buffer (API 3, QEMU 9.1). Blocks are counted
- *      by a per-block execution callback instead (see on_block).
+ *      by a per-block execution callback instead (see on_block). The vCPU index QEMU
+ *      passes to callbacks is not the running vCPU's under -icount (see running_vcpu).
  */
+#if TK_PLUGIN_API == 4
+#define _GNU_SOURCE /* RTLD_DEFAULT */
+#include <dlfcn.h>
+#endif
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -97,6 +106,23 @@ void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb,
                                           qemu_plugin_vcpu_udata_cb_t cb,
                                           enum qemu_plugin_cb_flags flags, void *userdata);
 size_t qemu_plugin_insn_data(const struct qemu_plugin_insn *insn, void *dest, size_t len);
+typedef void (*qemu_plugin_vcpu_simple_cb_t)(qemu_plugin_id_t id, unsigned int vcpu_index);
+void qemu_plugin_register_vcpu_init_cb(qemu_plugin_id_t id, qemu_plugin_vcpu_simple_cb_t cb);
+struct qemu_plugin_register;
+typedef struct {
+    struct qemu_plugin_register *handle;
+    const char *name;
+    const char *feature;
+} qemu_plugin_reg_descriptor;
+/* The register API passes glib arrays; QEMU links glib, so these resolve from its copy
+ * (struct layouts and prototypes from glib's garray.h). */
+typedef struct { char *data; unsigned int len; } GArray;
+typedef struct { uint8_t *data; unsigned int len; } GByteArray;
+GByteArray *g_byte_array_new(void);
+uint8_t *g_byte_array_free(GByteArray *array, int free_segment);
+char *g_array_free(GArray *array, int free_segment);
+GArray *qemu_plugin_get_registers(void);
+int qemu_plugin_read_register(struct qemu_plugin_register *handle, GByteArray *buf);
 #endif
 
 #define EXPORT __attribute__((visibility("default")))
@@ -148,11 +174,147 @@ static bool is_gic_sysreg(uint32_t insn)
     return op0 == 3 && crn == 12;
 }
 
+#if TK_PLUGIN_API == 1
+/* QEMU 7.2 loads the vCPU index from the running CPUState when the callback runs. */
+#define running_vcpu(vcpu) (vcpu)
+#else
+/* ---- which vCPU is running (API 4) --------------------------------------------------
+ * QEMU 10.0's callbacks get the wrong vCPU index under -icount. Commit dbf408b6678a
+ * ("plugins: optimize cpu_index code generation", first in 10.0) makes gen_cpu_index()
+ * in accel/tcg/plugin-gen.c emit current_cpu->cpu_index as a translation-time constant
+ * whenever the block's cflags lack CF_PARALLEL, assuming that means one vCPU. With
+ * -icount (and -accel tcg,thread=single) all vCPUs run round-robin on one thread, so
+ * CF_PARALLEL is clear even with -smp 2, and a translated block is shared by every vCPU
+ * that runs the same code: each callback reports the vCPU that *translated* the block.
+ * Measured here: a TKS line and the GIC trace event of the same instruction (which names
+ * the CPU QEMU ran) agreed in 650 of 892 cases (QEMU 7.2: 872 of 872).
+ *
+ * What identifies the running vCPU instead (QEMU 10.0.2, -cpu max, Linux 6.1 in L1):
+ *   - MPIDR_EL1 is not among qemu_plugin_get_registers(): QEMU defines it ARM_CP_NO_RAW
+ *     and arm_register_sysreg_for_feature() (target/arm/gdbstub.c) leaves those out.
+ *   - VMPIDR_EL2 is the only listed register whose reset value differs per CPU (it is
+ *     MPIDR), but L1 KVM writes the L2 vCPU's MPIDR into it (VHE at vcpu load, nVHE at
+ *     each guest entry), and L2's vCPUs 0 and 1 have the same values as L1's CPUs 0 and 1.
+ *   - TPIDR_EL2 (VHE host per-cpu offset, nVHE hyp per-cpu base) is 0 on every CPU until
+ *     the kernel (VHE) or KVM's hyp init (nVHE) sets it, and its values would need a
+ *     learned value -> index table; guest memory reads (qemu_plugin_read_memory_vaddr)
+ *     translate through the running regime: L2's stage 1 while L2 runs, hyp VAs in nVHE.
+ *   - QEMU's own `current_cpu` (a thread-local CPUState pointer; the variable the runtime
+ *     register API reads, qemu_plugin_read_register()) names the running vCPU exactly in
+ *     every context (L1 host, EL2 hyp, L2 guest; VHE or nVHE) and no guest can change
+ *     it. QEMU is linked with its symbols exported (Debian's builds use modules; 7.2 and
+ *     10.0 both export current_cpu), so dlsym() finds it without linking against it.
+ *     on_vcpu_init records its value for each vCPU index (vCPU init work runs with
+ *     current_cpu set to that vCPU: checked there against VMPIDR_EL2's reset value);
+ *     running_vcpu looks the running value up. Only the pointer value is used, never
+ *     CPUState's layout.
+ * If the running vCPU cannot be determined (current_cpu not exported, or a value seen at
+ * no vCPU init), the callback's index is used and counted: TKW <n> at exit. */
+static void **vcpu_state; /* [vCPU index] = its CPUState (current_cpu while it runs) */
+static unsigned int n_vcpu_state;
+static bool vcpu_state_bad; /* the vCPU init values were inconsistent: trust none */
+static uint64_t n_unresolved;
+static __thread void *const *current_cpu_slot;
+static __thread bool current_cpu_looked_up;
+
+/* QEMU's current_cpu in this thread (a TLS variable: dlsym gives this thread's copy). */
+static void *current_cpu_state(void)
+{
+    if (!current_cpu_looked_up) {
+        current_cpu_looked_up = true;
+        current_cpu_slot = dlsym(RTLD_DEFAULT, "current_cpu");
+    }
+    return current_cpu_slot ? *current_cpu_slot : NULL;
+}
+
+/* VMPIDR_EL2 of the current vCPU, which at vCPU init is its reset value MPIDR; false
+ * when this QEMU does not list or read it. */
+static bool read_vmpidr(uint64_t *value)
+{
+    GArray *regs = qemu_plugin_get_registers();
+    if (!regs) {
+        return false;
+    }
+    const qemu_plugin_reg_descriptor *d = (const qemu_plugin_reg_descriptor *)regs->data;
+    bool ok = false;
+    for (unsigned int i = 0; i < regs->len; i++) {
+        if (d[i].name && strcmp(d[i].name, "VMPIDR_EL2") == 0) {
+            GByteArray *buf = g_byte_array_new();
+            int n = qemu_plugin_read_register(d[i].handle, buf);
+            if (n == 8 && buf->len >= 8) {
+                memcpy(value, buf->data, 8); /* target (little-endian) byte order */
+                ok = true;
+            }
+            g_byte_array_free(buf, 1);
+            break;
+        }
+    }
+    g_array_free(regs, 1);
+    return ok;
+}
+
+static void on_vcpu_init(qemu_plugin_id_t id, unsigned int vcpu)
+{
+    (void)id;
+    void *state = current_cpu_state();
+    if (!state) {
+        if (!vcpu_state_bad) {
+            fprintf(stderr, "tk_timebase: QEMU's current_cpu is not available; vCPU numbers "
+                            "fall back to the callback's index (TKW)\n");
+        }
+        vcpu_state_bad = true;
+        return;
+    }
+    /* The virt board's MPIDR for CPU n with GICv3: Aff0 = n % 16, Aff1 = n / 16. */
+    uint64_t mpidr;
+    if (read_vmpidr(&mpidr) && (mpidr & 0xff) + 16 * ((mpidr >> 8) & 0xff) != vcpu) {
+        fprintf(stderr, "tk_timebase: vCPU %u initialised with MPIDR 0x%" PRIx64 "\n", vcpu,
+                mpidr);
+        vcpu_state_bad = true;
+    }
+    for (unsigned int i = 0; i < n_vcpu_state; i++) {
+        if (i != vcpu && vcpu_state[i] == state) {
+            fprintf(stderr, "tk_timebase: vCPUs %u and %u share a CPUState\n", i, vcpu);
+            vcpu_state_bad = true;
+        }
+    }
+    if (vcpu >= n_vcpu_state) {
+        void **grown = realloc(vcpu_state, (vcpu + 1) * sizeof(*grown));
+        if (!grown) {
+            vcpu_state_bad = true;
+            return;
+        }
+        memset(grown + n_vcpu_state, 0, (vcpu + 1 - n_vcpu_state) * sizeof(*grown));
+        vcpu_state = grown;
+        n_vcpu_state = vcpu + 1;
+    }
+    vcpu_state[vcpu] = state;
+}
+
+/* The index of the vCPU executing this callback; `vcpu` (QEMU's argument) when unknown. */
+static unsigned int running_vcpu(unsigned int vcpu)
+{
+    void *state = vcpu_state_bad ? NULL : current_cpu_state();
+    if (state) {
+        if (vcpu < n_vcpu_state && vcpu_state[vcpu] == state) {
+            return vcpu;
+        }
+        for (unsigned int i = 0; i < n_vcpu_state; i++) {
+            if (vcpu_state[i] == state) {
+                return i;
+            }
+        }
+    }
+    __atomic_fetch_add(&n_unresolved, 1, __ATOMIC_RELAXED);
+    return vcpu;
+}
+#endif
+
 static void on_probe(unsigned int vcpu, void *udata)
 {
     struct site *s = udata;
     char buf[80];
-    snprintf(buf, sizeof(buf), "TKP %u %" PRIx64 " %" PRIu64 "\n", vcpu, s->pc,
+    snprintf(buf, sizeof(buf), "TKP %u %" PRIx64 " %" PRIu64 "\n", running_vcpu(vcpu), s->pc,
              insn_count - s->after);
     qemu_plugin_outs(buf);
 }
@@ -161,7 +323,8 @@ static void on_gic_sysreg(unsigned int vcpu, void *udata)
 {
     struct site *s = udata;
     char buf[64];
-    snprintf(buf, sizeof(buf), "TKS %u %" PRIu64 "\n", vcpu, insn_count - s->after);
+    snprintf(buf, sizeof(buf), "TKS %u %" PRIu64 "\n", running_vcpu(vcpu),
+             insn_count - s->after);
     qemu_plugin_outs(buf);
 }
 
@@ -171,7 +334,8 @@ static void on_mem_site(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t 
     (void)info;
     struct site *s = udata;
     char buf[80];
-    snprintf(buf, sizeof(buf), "TKM %u %" PRIx64 " %" PRIx64 "\n", vcpu, s->pc, vaddr);
+    snprintf(buf, sizeof(buf), "TKM %u %" PRIx64 " %" PRIx64 "\n", running_vcpu(vcpu), s->pc,
+             vaddr);
     qemu_plugin_outs(buf);
 }
 
@@ -242,6 +406,10 @@ static void on_qemu_exit(qemu_plugin_id_t id, void *udata)
     (void)id;
     (void)udata;
     char buf[64];
+#if TK_PLUGIN_API == 4
+    snprintf(buf, sizeof(buf), "TKW %" PRIu64 "\n", n_unresolved);
+    qemu_plugin_outs(buf);
+#endif
     snprintf(buf, sizeof(buf), "TKE %" PRIu64 "\n", insn_count);
     qemu_plugin_outs(buf);
 }
@@ -326,6 +494,9 @@ EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int
             }
         }
     }
+#if TK_PLUGIN_API == 4
+    qemu_plugin_register_vcpu_init_cb(id, on_vcpu_init);
+#endif
     qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
     qemu_plugin_register_atexit_cb(id, on_qemu_exit, NULL);
     qemu_plugin_register_flush_cb(id, on_flush);

@@ -1,0 +1,78 @@
+"""``tracekit check``'s judgement of the trace processor's rows (pure; the real binary runs
+on every trace the suite writes: tests/trace_check.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tracekit.export.check import evaluate
+
+pytestmark = pytest.mark.unit
+
+
+def rows(
+    order: str = "ABCDEF", *, ack: bool = True, **extra: Any
+) -> dict[str, list[dict[str, Any]]]:
+    """One chain (id 7) whose phase slices are linked in ``order`` (time increasing)."""
+    names = {"A": "A source: interrupt raised", "B": "B guest exit to EL2",
+             "C": "C EL2 -> host kernel", "D": "D handle_exit (IRQ)",
+             "E": "E inject: flush to list registers", "F": "F guest entry"}  # fmt: skip
+    slices = [{"id": 100, "ts": 0, "dur": 900, "name": "INTID 40 -> vCPU1 #7", "chain": 7,
+               "cls": "virtual", "complete": 1}]  # fmt: skip
+    slices += [
+        {"id": i, "ts": 10 * i, "dur": 5, "name": names[p], "chain": 7, "cls": None,
+         "complete": None}
+        for i, p in enumerate(order, start=1)
+    ]  # fmt: skip
+    flows = [
+        {"slice_out": i, "slice_in": i + 1, "in_ts": 10 * (i + 1), "in_name": names[order[i]]}
+        for i in range(1, len(order))
+    ]
+    if ack:
+        flows.append({"slice_out": len(order), "slice_in": 200, "in_ts": 10 * len(order) + 5,
+                      "in_name": "L2 acknowledges INTID 40"})  # fmt: skip
+    base = {"stats": [], "open_slices": [], "chain_slices": slices, "flows": flows}
+    return base | {"end": [{"chains": 1}]} | extra
+
+
+def failed(r: dict[str, list[dict[str, Any]]]) -> list[str]:
+    return [c.name for c in evaluate(r) if not c.ok]
+
+
+def test_a_good_chain_passes() -> None:
+    assert failed(rows()) == []
+    assert failed(rows("BCADEF")) == [], "a hardware chain: the timer's A after its exit"
+
+
+@pytest.mark.parametrize("order", ["ABDCEF", "AEBCDF", "BCDEAF"])
+def test_phases_out_of_order_fail(order: str) -> None:
+    assert failed(rows(order)) == [
+        "each chain's flow leads through its phases to the acknowledgement"
+    ]
+
+
+def test_a_flow_that_does_not_reach_the_ack_fails() -> None:
+    assert failed(rows(ack=False)) == [
+        "each chain's flow leads through its phases to the acknowledgement"
+    ]
+
+
+def test_a_complete_chain_without_a_phase_fails() -> None:
+    assert "complete chains have all six phases" in failed(rows("ABCDE"))
+
+
+def test_import_errors_and_open_slices_fail() -> None:
+    bad = rows(
+        stats=[{"name": "proto_parse_error", "idx": None, "severity": "error", "value": 3}],
+        open_slices=[{"id": 5, "ts": 99, "name": "D handle_exit"}],
+    )
+    assert failed(bad) == ["imports without errors or data loss", "no slice left open"]
+
+
+def test_a_trace_cut_short_fails() -> None:
+    assert failed(rows(end=[])) == ["the trace is whole (its end marker counts every chain)"]
+    assert failed(rows(end=[{"chains": 2}])) == [
+        "the trace is whole (its end marker counts every chain)"
+    ]
