@@ -123,3 +123,10 @@ def test_debugger_stops_are_timed_from_qemus_own_trace_events() -> None:
     items = list(parse_qemu_log(lines, st))
     assert items == [ProbeTiming(0, 0x10, 5)]
     assert st.debug_stops == 2 and abs(st.debug_paused_s - 0.006) < 1e-6
+
+
+def test_plugin_lines_without_the_running_vcpu_are_counted() -> None:
+    """QEMU 10.0's plugin falls back to the callback's vCPU index and says how often."""
+    st = LogStats()
+    list(parse_qemu_log(["TKP 0 ffff800008064520 100", "TKW 7", "TKE 200"], st))
+    assert (st.unattributed_vcpu, st.end_t) == (7, 200)

@@ -75,8 +75,24 @@ def check_qemu(tools: ToolPaths) -> CheckResult:
             f"{version}: virt machine lacks {', '.join(missing) or 'help'}",
             _apt_fix("qemu-system-arm") + "  (QEMU >= 7.2 needed)",
         )
+    from tracekit.errors import TracekitError
+    from tracekit.vm.plugin import qemu_plugin_api
+
+    try:
+        api = qemu_plugin_api(tools.qemu)
+    except TracekitError as exc:
+        return CheckResult(
+            "QEMU (aarch64)",
+            False,
+            f"{version}: {exc.message}",
+            exc.hint or _apt_fix("qemu-system-arm"),
+        )
+    # API 1 (QEMU 7.2) timestamps probes; values are read at debugger stops. API 4 (9.2+)
+    # could read registers and memory in the plugin itself (not used yet).
     return CheckResult(
-        "QEMU (aarch64)", True, f"{version}; virt: virtualization=on, gic-version=3 supported"
+        "QEMU (aarch64)",
+        True,
+        f"{version}; virt: virtualization=on, gic-version=3 supported; TCG plugin API {api}",
     )
 
 

@@ -94,6 +94,9 @@ class LogStats:
     debug_paused_s: float = 0.0
     ignored: int = 0
     untimed_gic: int = 0
+    #: Plugin lines whose vCPU is QEMU's callback index, not the running vCPU (``TKW``:
+    #: the QEMU 10.0 plugin could not look the running vCPU up, tk_timebase.c).
+    unattributed_vcpu: int = 0
     end_t: int | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -150,6 +153,8 @@ def parse_qemu_log(
                 marker[int(cpu)] = int(t)
             elif line.startswith("TKE "):
                 st.end_t = int(line.split()[1])
+            elif line.startswith("TKW "):
+                st.unattributed_vcpu = int(line.split()[1])
             elif line.startswith("Taking exception ") and (m := _TAKING.match(line)):
                 taking = _Taking(int(m.group(3)), int(m.group(1)), m.group(2))
             elif line.startswith("...") and taking is not None:

@@ -528,8 +528,17 @@ class Recorder:
             "debug_paused_s": round(mstats.log.debug_paused_s, 4),
             "untimed_gic": mstats.log.untimed_gic,
             "end_t": mstats.log.end_t,
+            "unattributed_vcpu": mstats.log.unattributed_vcpu,
             "per_probe": mstats.per_probe,
         }
+        if mstats.log.unattributed_vcpu and incomplete is None:
+            # Those lines may carry another vCPU's number: chains built on them could be
+            # silently wrong, so the recording does not count as complete.
+            incomplete = (
+                f"{mstats.log.unattributed_vcpu} plugin stamps could not name the running vCPU"
+                " (this QEMU does not export current_cpu; see docs/timebase.md)"
+            )
+            meta["incomplete_reason"] = incomplete
         (self.raw_dir / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         return RecordResult(
             self.opts.output, self.raw_dir, events, truth, meta, mstats, ended_by, incomplete
