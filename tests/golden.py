@@ -22,4 +22,13 @@ if __name__ == "__main__":
     console = Console(width=100, file=io.StringIO(), force_terminal=False, color_system=None)
     console.print(render_summary(summarize(parse_trace(data))))
     (GOLDEN / "mixed5.summary.txt").write_text(console.file.getvalue())  # type: ignore[attr-defined]
+    from tracekit.config import load_original_names
+    from tracekit.model.explain import TraceIndex, explain_chain, select_chain
+    from tracekit.render.explain import render_explanation
+
+    index = TraceIndex(parse_trace(data))
+    walk = explain_chain(index, select_chain(index, None, "virtual", 1, 40), load_original_names())
+    console = Console(width=140, file=io.StringIO(), force_terminal=False, color_system=None)
+    console.print(render_explanation(walk))
+    (GOLDEN / "mixed5.explain-virtual.txt").write_text(console.file.getvalue())  # type: ignore[attr-defined]
     print("golden files written to", GOLDEN)

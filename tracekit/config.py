@@ -382,3 +382,32 @@ def load_qemu_plugin_apis(path: Path | None = None) -> QemuPluginApis:
         if api < 1:
             raise ConfigError(f"{where}.{release} should be a positive integer, got {api}")
     return QemuPluginApis(by_release=types.MappingProxyType(table))
+
+
+# --------------------------------------------------------------------------- study-note names
+
+
+@dataclass(frozen=True)
+class _OriginalNames:
+    names: dict[str, str]
+
+
+def load_original_names(path: Path | None = None) -> dict[str, str]:
+    """Probe (or step) name -> its name in the 32-bit study note (configs/original-names.toml).
+
+    Every key must be a probe of some probe set or a step kind (``lr_write``, ``ack``): a
+    typo is an error with "did you mean", not a name silently never shown.
+    """
+    p = path or CONFIG_DIR / "original-names.toml"
+    names = from_mapping(_OriginalNames, load_toml(p), str(p)).names
+    known = {"lr_write", "ack"}
+    for probes in (CONFIG_DIR / "probes").glob("*.toml"):
+        known |= {str(b.get("name")) for b in load_toml(probes).get("probe", [])}
+    for key in names:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            raise ConfigError(
+                f"{p}: {key!r} is not a probe name or step",
+                hint=f"did you mean {close[0]!r}?" if close else "use a probe set's probe name",
+            )
+    return names

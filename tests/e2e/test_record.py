@@ -139,3 +139,24 @@ def test_trace_parses_back_balanced(mixed: dict[str, Any]) -> None:
     assert not content.unterminated_flows()
     summary = run_tracekit("summary", str(mixed["out"]), "--json", check=True)
     assert json.loads(summary.stdout)["classes"] == mixed["summary"]["classes"]
+
+
+@pytest.mark.parametrize("cls", ["hardware", "virtual", "ipi"])
+def test_explain_walks_a_real_chain(mixed: dict[str, Any], guest_assets: Any, cls: str) -> None:
+    from tracekit.kernel.kallsyms import SymbolTable
+
+    symbols = SymbolTable.from_json(Path(guest_assets.symbols).read_text())
+    out = run_tracekit("explain", str(mixed["out"]), "--class", cls, "--json", check=True)
+    data = json.loads(out.stdout)
+    chain, steps = data["chain"], data["steps"]
+    assert chain["class"] == cls and chain["complete"] and not data["missing"]
+    assert set("ABCDEF") <= {s["phase"] for s in steps} and steps[-1]["phase"] == "ack"
+    times = [s["t_ns"] for s in steps]
+    assert times == sorted(times)
+    assert all(chain["start_ns"] <= t <= chain["ack_ns"] for t in times)
+    for s in steps:
+        if s["kind"] == "kernel":
+            function = s["location"].split("+")[0]
+            assert symbols.has(function), (function, s)
+    text = run_tracekit("explain", str(mixed["out"]), "--chain", str(chain["id"]), check=True)
+    assert text.stdout.count("\n") > len(steps)  # the same walk, drawn

@@ -51,7 +51,7 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from tracekit.cli import bench, doctor, guest, record, trace
+    from tracekit.cli import bench, doctor, explain, guest, record, trace
 
     cli.add_command(doctor.doctor)
     cli.add_command(guest.guest)
@@ -61,6 +61,7 @@ def _register() -> None:
     cli.add_command(trace.open_trace)
     cli.add_command(trace.query)
     cli.add_command(trace.check)
+    cli.add_command(explain.explain)
     cli.add_command(trace.diff)
     cli.add_command(bench.bench)
 

@@ -24,6 +24,7 @@ def summary(trace: Path, as_json: bool) -> int:
     from tracekit.render.summary import render_summary
 
     data = summarize(read_trace(trace))
+    data["output"] = str(trace)
     if (
         not any(v["complete_chains"] + v["partial_chains"] for v in data["classes"].values())
         and data["scenario"] is None

@@ -83,6 +83,7 @@ _META_KEYS = (
     "incomplete_reason",
     "ground_truth",
     "workload_sources",
+    "probe_locations",
     "probe_set",
     "kernel_family",
 )

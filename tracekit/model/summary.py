@@ -68,6 +68,7 @@ def summarize(content: TraceContent) -> dict[str, Any]:
     seen: set[str] = set()
     busiest: Counter[tuple[int, int, str]] = Counter()
     expected = _workload_kinds(gt, meta.get("workload_sources") or {})
+    slowest: dict[str, tuple[int, int]] = {}
     mismatches: Counter[tuple[int, int, str, str]] = Counter()
     for s in chains:
         cls = str(s.args["class"])
@@ -76,6 +77,11 @@ def summarize(content: TraceContent) -> dict[str, Any]:
         )
         complete = bool(s.args.get("complete"))
         entry["complete_chains" if complete else "partial_chains"] += 1
+        if complete:
+            # The chain's length: every phase from A's start to the acknowledgement.
+            length = sum(int(s.args.get(f"phase_{p}_ns") or 0) for p in PHASES)
+            if length > slowest.get(cls, (-1, 0))[0]:
+                slowest[cls] = (length, int(s.args["chain"]))
         ik = (int(s.args["intid"]), int(s.args["vcpu"]))
         if complete and ik in expected:
             # The recording's source against the workload's own word for this (INTID, vCPU).
@@ -131,6 +137,9 @@ def summarize(content: TraceContent) -> dict[str, Any]:
             for k, n in sorted(busiest.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
         ],
         "time_in_phase_ns": time_in_phase,
+        "slowest_chains": {
+            c: {"chain": v[1], "phases_ns": v[0]} for c, v in sorted(slowest.items())
+        },
         "source_mismatches": [
             {"intid": k[0], "vcpu": k[1], "recorded": k[2], "workload": k[3], "chains": n}
             for k, n in sorted(mismatches.items(), key=lambda kv: (-kv[1], kv[0]))[:10]

@@ -433,6 +433,8 @@ class Recorder:
             "kernel_family": self.assets.kernel_family,
             "read_values": self.opts.read_values,
             "workload_sources": dict(self.opts.workload_sources),
+            # function+offset of every probe, for `tracekit explain`
+            "probe_locations": {p.name: p.location for p in probes.probes},
             # The exit code of __guest_enter's early return (model/context.py).
             "irq_exit_code": self._probe_set.decoder.code("IRQ"),
         }

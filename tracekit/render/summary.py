@@ -68,6 +68,15 @@ def render_summary(s: dict[str, Any], width: int = 30) -> RenderableType:
                 style="red",
             )
         )
+    trace = s.get("output") or "TRACE"
+    for cls, slow in (s.get("slowest_chains") or {}).items():
+        parts.append(
+            Text(
+                f"explain the slowest {cls} chain:"
+                f" tracekit explain {trace} --chain {slow['chain']}",
+                style="dim",
+            )
+        )
     lat = Table(title="phase latency (timeline ns; 1 instruction = 1 ns)")
     for col in ("class", "phase", "count", "p50", "p95", "max"):
         lat.add_column(col, justify="right" if col in ("count", "p50", "p95", "max") else "left")
