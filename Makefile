@@ -2,17 +2,21 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup demo test lint typecheck unit integration e2e bench clean
+.PHONY: setup setup-test demo test lint typecheck unit integration e2e bench clean
 
 setup:
 	@scripts/setup.sh
+
+## The tests also check explain's source lines: the kernel's debug info (~260 MB, cached).
+setup-test:
+	@scripts/setup.sh --debug-info
 
 ## The main job on the built-in defaults: record the default scenario, print the summary.
 demo: setup
 	$(VENV)/tracekit record -o out/demo.pftrace
 
 ## Everything: lint, type check, then every test tier (unit, integration, e2e).
-test: setup lint typecheck
+test: setup-test lint typecheck
 	$(VENV)/pytest -m "unit or integration or e2e" tests
 
 lint:

@@ -5,6 +5,14 @@
 # is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# --debug-info (make test): also the kernel's debug info, for explain's source lines.
+GUEST_ARGS=()
+for arg in "$@"; do
+    case "$arg" in
+        --debug-info) GUEST_ARGS+=(--debug-info) ;;
+        *) echo "usage: $0 [--debug-info]" >&2; exit 2 ;;
+    esac
+done
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -53,4 +61,4 @@ fi
 # The guest's arm64 packages come from the suite pinned in configs/guest.toml through a
 # private apt state in the cache: the host's apt configuration is not changed.
 say "guest assets"
-.venv/bin/tracekit guest build
+.venv/bin/tracekit guest build "${GUEST_ARGS[@]}"

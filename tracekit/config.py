@@ -327,6 +327,7 @@ class ToolPaths:
     cpio: str
     apt_get: str
     apt_cache: str
+    addr2line: str
     dpkg_deb: str
 
 

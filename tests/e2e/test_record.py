@@ -158,5 +158,8 @@ def test_explain_walks_a_real_chain(mixed: dict[str, Any], guest_assets: Any, cl
         if s["kind"] == "kernel":
             function = s["location"].split("+")[0]
             assert symbols.has(function), (function, s)
+    # `make test` caches the kernel's debug info: every phase shows a file:line.
+    for phase in "ABCDEF":
+        assert any(s["source_line"] for s in steps if s["phase"] == phase), (phase, steps)
     text = run_tracekit("explain", str(mixed["out"]), "--chain", str(chain["id"]), check=True)
     assert text.stdout.count("\n") > len(steps)  # the same walk, drawn

@@ -50,8 +50,10 @@ def explain(
         click.echo(json.dumps(e.to_json(), indent=1))
         return 0
     hint = (
-        "source lines: not in this recording (function + offset from kallsyms);"
-        " kernel debug info is not fetched by this version"
+        ""
+        if any(step.source_line for step in e.steps)
+        else "no source lines in this recording (function + offset from kallsyms): run"
+        " `tracekit guest build --debug-info` (Debian's -dbg package, ~260 MB, once), then record"
     )
     Console().print(render_explanation(e, lines_hint=hint))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -11,7 +12,16 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tracekit.cli.options import scenario_options
-from tracekit.config import load_guest_config, load_machine, load_scenarios, load_tools
+from tracekit.config import (
+    GuestConfig,
+    ToolPaths,
+    cache_dir,
+    load_guest_config,
+    load_machine,
+    load_scenarios,
+    load_tools,
+)
+from tracekit.guest.assets import GuestAssets
 from tracekit.model.ground_truth import CLASSES, GroundTruth
 
 __all__ = ["guest", "render_ground_truth"]
@@ -41,7 +51,13 @@ def guest() -> None:
     default=None,
     help="Use this arm64 Image (KVM built in, BTF) instead of Debian's.",
 )
-def build(force: bool, kernel: Path | None) -> int:
+@click.option(
+    "--debug-info",
+    is_flag=True,
+    help="Also fetch the kernel's Debian -dbg package (about 260 MB, once) for the source"
+    " lines `tracekit explain` shows.",
+)
+def build(force: bool, kernel: Path | None, debug_info: bool) -> int:
     """Download the L1 kernel and busybox, cross-compile the L2 VMM, pack the initramfs."""
     from tracekit.cli import err_console
     from tracekit.guest.assets import build_assets
@@ -52,9 +68,9 @@ def build(force: bool, kernel: Path | None) -> int:
         def report(msg: str) -> None:
             progress.update(task, description=msg)
 
-        assets = build_assets(
-            load_guest_config(), load_tools(), force=force, report=report, kernel=kernel
-        )
+        guest_cfg, tools = load_guest_config(), load_tools()
+        assets = build_assets(guest_cfg, tools, force=force, report=report, kernel=kernel)
+        lines = _debug_lines(assets, guest_cfg, tools, force, report) if debug_info else None
         progress.update(task, description="guest assets ready")
     table = Table(title="guest assets")
     table.add_column("piece")
@@ -73,8 +89,51 @@ def build(force: bool, kernel: Path | None) -> int:
     table.add_row("busybox", assets.busybox_version, "", "")
     table.add_row("L2 VMM", assets.vmm_hash, f"{sizes.get('vmm', 0) / 1e3:.0f} kB", assets.vmm)
     table.add_row("initramfs", "", f"{sizes.get('initramfs', 0) / 1e6:.1f} MB", assets.initramfs)
+    if lines is not None:
+        table.add_row("source lines", f"{len(lines)} probe points", "", "")
     Console().print(table)
     return 0
+
+
+def _debug_lines(
+    assets: GuestAssets,
+    guest_cfg: GuestConfig,
+    tools: ToolPaths,
+    force: bool,
+    report: Callable[[str], None],
+) -> dict[str, str]:
+    """file:line of every probe point of the kernel's probe set (both KVM modes)."""
+    from tracekit.guest.assets import guest_apt
+    from tracekit.guest.debuginfo import build_lines, load_lines
+    from tracekit.probes.select import choose_probe_set
+    from tracekit.probes.spec import load_probe_set
+    from tracekit.record.recorder import resolve_for
+
+    if assets.kernel_package == "custom":
+        from tracekit.errors import GuestBuildError
+
+        raise GuestBuildError(
+            "--debug-info needs a Debian kernel (its -dbg package)",
+            hint="for your own kernel, build it with debug info and use GDB on its vmlinux",
+        )
+    pset = load_probe_set(choose_probe_set(assets.kernel_release, assets.kernel_family))
+    locations: dict[str, int] = {}
+    for mode in ("vhe", "nvhe"):
+        resolved, _ = resolve_for(assets, pset, mode)
+        locations |= {p.location: p.address for p in resolved.probes}
+    kdir = assets.image_path.parent
+    build_lines(
+        guest_apt(guest_cfg, tools, cache_dir()),
+        kdir,
+        assets.kernel_package,
+        assets.kernel_version,
+        assets.kernel_release,
+        locations,
+        tools,
+        force=force,
+        report=report,
+    )
+    return load_lines(kdir)
 
 
 def render_ground_truth(truth: GroundTruth) -> Table:

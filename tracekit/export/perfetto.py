@@ -84,6 +84,7 @@ _META_KEYS = (
     "ground_truth",
     "workload_sources",
     "probe_locations",
+    "probe_lines",
     "probe_set",
     "kernel_family",
 )

@@ -74,6 +74,8 @@ class Step:
     #: The name in the 32-bit study note, where one exists.
     original: str = ""
     values: Mapping[str, Any] = field(default_factory=dict)
+    #: ``file:line`` in the kernel source (when the recording had debug info).
+    source_line: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,8 @@ class TraceIndex:
             for lst in lists.values():
                 lst.sort(key=lambda x: x.start)
         self.locations: dict[str, str] = dict(self.meta.get("probe_locations") or {})
+        #: location -> file:line (``guest build --debug-info`` before the recording).
+        self.lines: dict[str, str] = dict(self.meta.get("probe_lines") or {})
 
     def window(self, track: Sequence[Slice], start: int, end: int) -> list[Slice]:
         i = bisect.bisect_left(track, start, key=lambda x: x.start)
@@ -242,6 +246,7 @@ class _Walk:
                 what,
                 self.names.get(key or name, ""),
                 values,
+                self.index.lines.get(location, "") if kind == "kernel" else "",
             )
         )
 
@@ -372,7 +377,7 @@ def explain_chain(index: TraceIndex, chain_id: int, names: Mapping[str, str]) ->
                 cpu=cpu,
                 vcpu=vcpu,
                 what=(
-                    f"the guest takes an {kind} to EL2 (hyp vector)"
+                    f"the guest takes {'an' if kind == 'IRQ' else 'a'} {kind} to EL2 (hyp vector)"
                     + (
                         f"; ESR_EL2 {_hex(esr)} (EC {int(esr) >> 26 & 0x3F:#04x})"
                         if esr is not None and kind != "IRQ"

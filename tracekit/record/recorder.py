@@ -147,6 +147,13 @@ def resolve_for(
     return resolved, symbols
 
 
+def _probe_lines(assets: GuestAssets, probes: ResolvedProbeSet) -> dict[str, str]:
+    from tracekit.guest.debuginfo import load_lines
+
+    lines = load_lines(assets.image_path.parent)
+    return {p.location: lines[p.location] for p in probes.probes if p.location in lines}
+
+
 def _probe_meta(probes: ResolvedProbeSet) -> list[dict[str, Any]]:
     return [
         {
@@ -435,6 +442,8 @@ class Recorder:
             "workload_sources": dict(self.opts.workload_sources),
             # function+offset of every probe, for `tracekit explain`
             "probe_locations": {p.name: p.location for p in probes.probes},
+            # file:line of those locations when `guest build --debug-info` cached them
+            "probe_lines": _probe_lines(self.assets, probes),
             # The exit code of __guest_enter's early return (model/context.py).
             "irq_exit_code": self._probe_set.decoder.code("IRQ"),
         }

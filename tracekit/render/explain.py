@@ -48,7 +48,7 @@ def render_explanation(e: Explanation, *, lines_hint: str = "") -> RenderableTyp
             "" if s.vcpu is None else str(s.vcpu),
             str(s.t_ns),
             _ns(s.dt_ns),
-            s.location or s.function,
+            (s.location or s.function) + (f"\n{s.source_line}" if s.source_line else ""),
             what,
         )
     parts: list[RenderableType] = [head, sub, t]
