@@ -131,3 +131,14 @@ def test_kernel_without_kvm_is_refused(tmp_path: Path, guest_assets, monkeypatch
         assets._build_kernel_from_file(
             guest_assets.image_path, load_guest_config(), tmp_path, True, lambda _m: None
         )
+
+
+def test_explain_bad_choices(good_trace: Path, tmp_path: Path) -> None:
+    one_line_error(run("explain", str(good_trace), "--chain", "999"), "no chain 999", "chains 0..")
+    one_line_error(run("explain", str(good_trace), "--class", "msi"), "class 'msi'", "classes")
+    one_line_error(run("explain", str(good_trace), "--intid", "77"), "INTID 77", "INTIDs")
+    junk = tmp_path / "junk.pftrace"
+    junk.write_bytes(os.urandom(2048))
+    out = run("explain", str(junk))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
