@@ -142,3 +142,25 @@ def test_explain_bad_choices(good_trace: Path, tmp_path: Path) -> None:
     out = run("explain", str(junk))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_qemu_refusing_to_start_is_explained_by_its_own_words(tmp_path: Path) -> None:
+    """A QEMU that exits at start-up (here: refusing the plugin, as QEMU 10 refused a v1
+    plugin) is reported with its own last lines, not only as a socket error."""
+    fake = tmp_path / "qemu-system-aarch64"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "QEMU emulator version 7.2.22"; exit 0; fi\n'
+        'echo "qemu-system-aarch64: -plugin tk_timebase.so: Could not load plugin:'
+        ' undefined symbol: qemu_plugin_register_vcpu_tb_exec_inline" >&2\n'
+        "exit 1\n"
+    )
+    fake.chmod(0o755)
+    out = run_tracekit(
+        "record", "--scenario", "ipi", "-o", str(tmp_path / "t.pftrace"),
+        env={"TRACEKIT_QEMU": str(fake), "COLUMNS": "300"},
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "QEMU exited during start-up (code 1)" in out.stderr, out.stderr
+    assert "undefined symbol: qemu_plugin_register_vcpu_tb_exec_inline" in out.stderr

@@ -459,7 +459,7 @@ class Recorder:
             self._qemu_pid = qemu.pid
             monitor = Monitor(runtime.qmp_socket)
             try:
-                monitor.connect()
+                monitor.connect(alive=lambda: qemu.poll() is None)
             except VMError as exc:
                 raise qemu.exited_during_startup(exc) from None
             meta["qemu_version"] = monitor.version

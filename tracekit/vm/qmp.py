@@ -13,7 +13,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,9 +51,13 @@ class Monitor:
             fut.cancel()
             raise VMError(f"QMP did not answer within {timeout:.0f} s") from None
 
-    def connect(self, timeout: float = 20.0) -> None:
+    def connect(self, timeout: float = 20.0, alive: Callable[[], bool] = lambda: True) -> None:
+        """Connect once QEMU has made its socket; ``alive`` says whether QEMU still runs
+        (a QEMU that exits at start-up never makes it: no need to wait the timeout)."""
         deadline = time.monotonic() + timeout
         while not self.socket_path.exists():
+            if not alive():
+                raise VMError(f"QEMU exited before it opened its QMP socket {self.socket_path}")
             if time.monotonic() > deadline:
                 raise VMError(f"QMP socket {self.socket_path} did not appear in {timeout:.0f} s")
             time.sleep(0.02)
