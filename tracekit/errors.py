@@ -13,6 +13,7 @@ but found a problem); any other exception is a bug and only shows a traceback wi
      +-- GuestBuildError        building the L1 kernel/initramfs/L2 assets failed
      +-- KernelImageError       a kernel image is not what we need (not arm64, no KVM, no BTF...)
      +-- SymbolError            a probed symbol or struct member cannot be resolved
+     |    +-- ProbeCheckFailed  `probes check` found probes that do not fit (exit code 1)
      +-- ScenarioError          unknown scenario or bad scenario options
      +-- VMError                QEMU could not start, died, or stopped responding
      +-- DebuggerError          GDB could not attach or misbehaved
@@ -31,6 +32,7 @@ __all__ = [
     "GroundTruthError",
     "GuestBuildError",
     "KernelImageError",
+    "ProbeCheckFailed",
     "ScenarioError",
     "SymbolError",
     "TraceCheckFailed",
@@ -78,6 +80,12 @@ class KernelImageError(TracekitError):
 
 class SymbolError(TracekitError):
     """A kernel symbol, struct or struct member cannot be resolved."""
+
+
+class ProbeCheckFailed(SymbolError):
+    """``probes check`` ran and found probes that do not fit the kernel."""
+
+    exit_code = 1
 
 
 class ScenarioError(TracekitError):

@@ -51,7 +51,7 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from tracekit.cli import bench, doctor, explain, guest, record, trace
+    from tracekit.cli import bench, doctor, explain, guest, probes, record, trace
 
     cli.add_command(doctor.doctor)
     cli.add_command(guest.guest)
@@ -62,6 +62,7 @@ def _register() -> None:
     cli.add_command(trace.query)
     cli.add_command(trace.check)
     cli.add_command(explain.explain)
+    cli.add_command(probes.probes)
     cli.add_command(trace.diff)
     cli.add_command(bench.bench)
 
