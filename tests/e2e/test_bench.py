@@ -53,4 +53,5 @@ def test_bench_reports_every_figure(guest_assets: object) -> None:
             assert data[key] > 0, key
     assert data["events_per_interrupt"] > 5
     assert data["guest_dilation"] < 1000
+    assert data["targets"], "the bench reports its figures against targets"
     assert set(data["targets"]) <= set(KEYS)

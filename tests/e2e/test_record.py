@@ -163,3 +163,17 @@ def test_explain_walks_a_real_chain(mixed: dict[str, Any], guest_assets: Any, cl
         assert any(s["source_line"] for s in steps if s["phase"] == phase), (phase, steps)
     text = run_tracekit("explain", str(mixed["out"]), "--chain", str(chain["id"]), check=True)
     assert text.stdout.count("\n") > len(steps)  # the same walk, drawn
+
+
+def test_every_mi_record_of_the_recording_is_well_formed(mixed_read: dict[str, Any]) -> None:
+    """The strict MI grammar (gdb/mi.py) accepts everything this GDB really printed."""
+    from tracekit.gdb.mi import well_formed
+
+    lines = (mixed_read["raw"] / "gdb-mi.log").read_text().splitlines()
+    records = [
+        t
+        for t in (line.strip() for line in lines)
+        if t and t != "(gdb)" and t.lstrip("0123456789")[:1] != "-"  # not our commands
+    ]
+    assert len(records) > 100
+    assert [r for r in records if not well_formed(r)] == []

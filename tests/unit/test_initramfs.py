@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import time
 
 import pytest
 
@@ -31,10 +32,13 @@ def test_newc_layout_is_aligned_and_terminated() -> None:
     assert hdr[54:62] == b"00000003"  # filesize
 
 
-def test_deterministic_bytes() -> None:
+def test_deterministic_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     a = initramfs.gzip_deterministic(initramfs.build_newc(_entries()))
+    # Another "now": a timestamp leaking into the archive or its gzip header would show.
+    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)
     b = initramfs.gzip_deterministic(initramfs.build_newc(_entries()))
     assert a == b
+    assert a[4:8] == b"\0\0\0\0", "gzip MTIME must be zero"
     assert gzip.decompress(a) == initramfs.build_newc(_entries())
     # Golden digest: a change in the writer must be deliberate.
     digest = hashlib.sha256(initramfs.build_newc(_entries())).hexdigest()[:16]

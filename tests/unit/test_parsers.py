@@ -102,11 +102,11 @@ def test_mi_records() -> None:
     done = parse_record('1042^done,value="42"')
     assert done is not None and done.token == 1042 and done.payload == {"value": "42"}
     assert parse_record("(gdb)") is None
-    # Malformed input never escapes as anything but DebuggerError.
-    try:
-        parse_record("1^done,value=" + '"' * 3 + "{")
-    except DebuggerError:
-        pass
+    # Malformed input is refused as DebuggerError, never read as a (wrong) value:
+    # pygdbmi alone reads the first one as value="".
+    for bad in ("1^done,value=" + '"' * 3 + "{", "1^done,value={", "^^^", '1^done,value="abc'):
+        with pytest.raises(DebuggerError):
+            parse_record(bad)
 
 
 def test_debugger_stops_are_timed_from_qemus_own_trace_events() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import select
 import shutil
 import time
@@ -38,11 +39,68 @@ class MiRecord:
     token: int | None
 
 
+_CSTRING = r'"(?:[^"\\]|\\.)*"'
+_VARIABLE = r"[A-Za-z_][\w-]*"
+
+
+def well_formed(text: str) -> bool:
+    """Whether ``text`` follows the GDB/MI output syntax (GDB manual, "GDB/MI Output
+    Syntax"): ``[token] ("^" | "*" | "+" | "=") class ("," result)*`` or a stream record
+    ``("~" | "@" | "&") c-string``; result = variable "=" value; value = c-string | tuple
+    | list. pygdbmi's parser is lenient (an empty string followed by stray quotes and a
+    brace reads as an empty value), so a garbled line is refused here instead of becoming
+    a wrong value.
+    """
+    if text[:1] in "~@&":
+        return re.fullmatch(_CSTRING, text[1:]) is not None
+    m = re.match(r"\d*[\^*+=]" + _VARIABLE, text)
+    if m is None:
+        return False
+    pos = m.end()
+
+    def value(i: int) -> int:
+        if i < len(text) and text[i] == '"':
+            c = re.compile(_CSTRING).match(text, i)
+            return c.end() if c else -1
+        if i < len(text) and text[i] in "{[":
+            close = "}" if text[i] == "{" else "]"
+            i += 1
+            if i < len(text) and text[i] == close:
+                return i + 1
+            while True:
+                v = re.compile(_VARIABLE + "=").match(text, i)
+                i = value(v.end()) if v else value(i)  # lists may hold bare values
+                if i < 0 or i >= len(text):
+                    return -1
+                if text[i] == close:
+                    return i + 1
+                if text[i] != ",":
+                    return -1
+                i += 1
+        return -1
+
+    while pos < len(text):
+        if text[pos] != ",":
+            return False
+        v = re.compile(_VARIABLE + "=").match(text, pos + 1)
+        if v is None:
+            return False
+        pos = value(v.end())
+        if pos < 0:
+            return False
+    return True
+
+
 def parse_record(line: str) -> MiRecord | None:
-    """Translate one line of MI output; ``None`` for the ``(gdb)`` prompt and blanks."""
+    """Translate one line of MI output; ``None`` for the ``(gdb)`` prompt and blanks.
+
+    :raises DebuggerError: the line is not GDB/MI output syntax.
+    """
     text = line.strip()
     if not text or text == "(gdb)":
         return None
+    if not well_formed(text):
+        raise DebuggerError(f"unparsable GDB/MI output {text[:60]!r}", hint="see gdb-mi.log")
     try:
         raw = gdbmiparser.parse_response(text)
     except Exception as exc:  # pygdbmi raises bare exceptions on malformed input
