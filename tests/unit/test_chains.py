@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.model.chains import PHASES, reconstruct
 from tracekit.model.events import RawEvent, read_events
+from tracekit.model.incremental import reconstruct
+from tracekit.model.vocabulary import PHASES
 from tracekit.probes.spec import load_probe_set
 
 pytestmark = pytest.mark.unit

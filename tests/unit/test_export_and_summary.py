@@ -12,8 +12,8 @@ from rich.console import Console
 
 from tracekit.export.perfetto import export_trace
 from tracekit.export.reader import parse_trace
-from tracekit.model.chains import reconstruct
 from tracekit.model.events import read_events
+from tracekit.model.incremental import reconstruct
 from tracekit.model.summary import summarize
 from tracekit.probes.spec import load_probe_set
 from tracekit.render.summary import render_summary

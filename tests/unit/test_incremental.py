@@ -12,9 +12,9 @@ import pytest
 from tests.unit import _reference_chains as reference
 from tracekit.bench.synthetic import synthetic_events
 from tracekit.errors import TraceFileError
-from tracekit.model.chains import Chain, reconstruct
+from tracekit.model.chains import Chain
 from tracekit.model.events import RawEvent, read_events
-from tracekit.model.incremental import ChainBuilder
+from tracekit.model.incremental import ChainBuilder, reconstruct
 from tracekit.probes.spec import load_probe_set
 
 pytestmark = pytest.mark.unit

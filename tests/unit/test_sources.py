@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from tracekit.model.chains import Chain, reconstruct
+from tracekit.model.chains import Chain
 from tracekit.model.events import RawEvent
+from tracekit.model.incremental import reconstruct
 from tracekit.probes.pointer import find_frame_site
 from tracekit.probes.spec import load_probe_set
 from tracekit.record.merge import _frame_sources, strip_pac

@@ -22,7 +22,8 @@ from tracekit.config import (
     load_tools,
 )
 from tracekit.guest.assets import GuestAssets
-from tracekit.model.ground_truth import CLASSES, GroundTruth
+from tracekit.model.ground_truth import GroundTruth
+from tracekit.model.vocabulary import CLASSES
 
 __all__ = ["guest", "render_ground_truth"]
 

@@ -35,9 +35,10 @@ from tracekit.export.wire import (
     PacketEncoder,
     framed,
 )
-from tracekit.model.chains import CLASSES, SOURCE_LABELS, Chain, Entry, Exit, Reconstruction
+from tracekit.model.chains import SOURCE_LABELS, Chain, Entry, Exit, Reconstruction
 from tracekit.model.events import RawEvent
 from tracekit.model.incremental import ChainBuilder
+from tracekit.model.vocabulary import CLASSES
 from tracekit.probes.spec import ExitDecoder
 
 __all__ = ["END_MARKER", "PHASE_TITLES", "export_events", "export_trace"]

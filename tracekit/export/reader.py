@@ -7,7 +7,6 @@ starts and ends) and returns slices, instants and counters with their debug anno
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,34 +14,9 @@ from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from tracekit.errors import TraceFileError
+from tracekit.model.trace import Slice, TraceContent
 
 __all__ = ["Slice", "TraceContent", "parse_trace", "read_trace"]
-
-
-@dataclass(frozen=True)
-class Slice:
-    track: str
-    name: str
-    start: int
-    end: int
-    args: dict[str, Any]
-    depth: int
-
-
-@dataclass
-class TraceContent:
-    tracks: dict[int, str] = field(default_factory=dict)
-    groups: dict[int, str] = field(default_factory=dict)
-    slices: list[Slice] = field(default_factory=list)
-    instants: list[Slice] = field(default_factory=list)
-    counters: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    flows_started: set[int] = field(default_factory=set)
-    flows_terminated: set[int] = field(default_factory=set)
-    problems: list[str] = field(default_factory=list)
-    packets: int = 0
-
-    def unterminated_flows(self) -> set[int]:
-        return self.flows_started - self.flows_terminated
 
 
 def _args(ev: pb.TrackEvent, keys: dict[int, str]) -> dict[str, Any]:

@@ -16,15 +16,11 @@ Correlation rules (docs/phases.md):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tracekit.model.events import RawEvent
-from tracekit.probes.spec import ExitDecoder
+from tracekit.model.vocabulary import KIND_CLASSES, PHASES, UNKNOWN_CLASS
 
 __all__ = [
-    "CLASSES",
-    "PHASES",
     "Ack",
     "Chain",
     "Entry",
@@ -32,11 +28,8 @@ __all__ = [
     "Reconstruction",
     "Span",
     "classify",
-    "reconstruct",
 ]
 
-PHASES = ("A", "B", "C", "D", "E", "F")
-CLASSES = ("hardware", "virtual", "ipi")
 
 #: What a source role's function injects from: the *kind* of a chain's source, read off
 #: the queue's own call stack (docs/phases.md, "Sources").
@@ -53,10 +46,6 @@ SOURCE_LABELS = {
     "sgi": "SGI (ICC_SGI1R_EL1 trap)",
     "": "source unknown",
 }
-#: The mission's class of each source kind.
-KIND_CLASSES = {"timer": "hardware", "irqfd": "virtual", "irq_line": "virtual", "sgi": "ipi"}
-#: A chain whose source the recording could not name, and whose INTID does not say.
-UNKNOWN_CLASS = "unknown"
 #: ICH_LR state bit 62 = pending (sysreg.h:888-899).
 LR_PENDING = 1
 
@@ -181,35 +170,6 @@ class Reconstruction:
     unmatched_acks: int = 0
     #: Pending injections dropped unacknowledged after ``max_pending_ns`` (incremental.py).
     dropped_pending: int = 0
-
-
-def reconstruct(
-    events: Iterable[RawEvent],
-    decoder: ExitDecoder,
-    kvm_mode: str = "vhe",
-) -> Reconstruction:
-    """Build exits, entries and chains; each chain's class comes from the recording.
-
-    The batch form of :class:`tracekit.model.incremental.ChainBuilder` (which the exporter
-    streams through): events are sorted first, and everything is kept. Chains are numbered
-    in the order of their acknowledgements.
-    """
-    from tracekit.model.incremental import ChainBuilder  # it builds on this module's types
-
-    builder = ChainBuilder(decoder, kvm_mode, keep_all=True)
-    for ev in sorted(events, key=lambda e: e.t):
-        builder.feed(ev)
-    builder.finish()
-    chains = sorted(builder.chains, key=lambda c: c.id)
-    return Reconstruction(
-        chains,
-        builder.all_exits,
-        builder.all_entries,
-        builder.all_acks,
-        kvm_mode,
-        builder.unmatched_acks,
-        builder.dropped_pending,
-    )
 
 
 def classify(intid: int, kind: str) -> str:

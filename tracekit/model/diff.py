@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracekit.model.summary import CLASSES, PHASES
+from tracekit.model.vocabulary import CLASSES, PHASES
 
 __all__ = ["diff_summaries"]
 

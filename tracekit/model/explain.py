@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tracekit.errors import ConfigError
-from tracekit.export.reader import Slice, TraceContent
+from tracekit.model.trace import Slice, TraceContent
 
 __all__ = [
     "Explanation",

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracekit.errors import GroundTruthError
+from tracekit.model.vocabulary import CLASSES
 
 __all__ = [
-    "CLASSES",
     "GROUND_TRUTH_PREFIX",
     "ExceptionCount",
     "GroundTruth",
@@ -25,8 +25,6 @@ __all__ = [
 ]
 
 GROUND_TRUTH_PREFIX = "TRACEKIT-GROUND-TRUTH "
-#: Interrupt classes of the mission, in display order.
-CLASSES = ("hardware", "virtual", "ipi")
 
 
 @dataclass(frozen=True)

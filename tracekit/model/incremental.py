@@ -34,7 +34,7 @@ Input must be sorted by time (the merge writes it so); a step back raises TraceF
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from tracekit.errors import TraceFileError
@@ -46,13 +46,14 @@ from tracekit.model.chains import (
     Chain,
     Entry,
     Exit,
+    Reconstruction,
     Span,
     classify,
 )
 from tracekit.model.events import RawEvent
 from tracekit.probes.spec import ExitDecoder
 
-__all__ = ["DEFAULT_MAX_PENDING_NS", "ChainBuilder"]
+__all__ = ["DEFAULT_MAX_PENDING_NS", "ChainBuilder", "reconstruct"]
 
 #: One second of L1 timeline: far beyond any interrupt latency a recording shows.
 DEFAULT_MAX_PENDING_NS = 1_000_000_000
@@ -706,3 +707,30 @@ class ChainBuilder:
         while i + 1 < len(lst) and lst[i + 1][0] <= floor:
             i += 1
         del lst[:i]
+
+
+def reconstruct(
+    events: Iterable[RawEvent],
+    decoder: ExitDecoder,
+    kvm_mode: str = "vhe",
+) -> Reconstruction:
+    """Build exits, entries and chains; each chain's class comes from the recording.
+
+    The batch form of :class:`tracekit.model.incremental.ChainBuilder` (which the exporter
+    streams through): events are sorted first, and everything is kept. Chains are numbered
+    in the order of their acknowledgements.
+    """
+    builder = ChainBuilder(decoder, kvm_mode, keep_all=True)
+    for ev in sorted(events, key=lambda e: e.t):
+        builder.feed(ev)
+    builder.finish()
+    chains = sorted(builder.chains, key=lambda c: c.id)
+    return Reconstruction(
+        chains,
+        builder.all_exits,
+        builder.all_entries,
+        builder.all_acks,
+        kvm_mode,
+        builder.unmatched_acks,
+        builder.dropped_pending,
+    )

@@ -12,12 +12,10 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from tracekit.export.reader import TraceContent
+from tracekit.model.trace import TraceContent
+from tracekit.model.vocabulary import CLASSES, PHASES
 
-__all__ = ["CLASSES", "PHASES", "percentile", "summarize"]
-
-CLASSES = ("hardware", "virtual", "ipi")
-PHASES = ("A", "B", "C", "D", "E", "F")
+__all__ = ["percentile", "summarize"]
 
 
 def percentile(sorted_values: Sequence[int], q: float) -> int:

@@ -11,9 +11,10 @@ from dataclasses import astuple, dataclass
 
 from tracekit.errors import SymbolError
 from tracekit.kernel.kallsyms import SymbolTable, instruction_at
+from tracekit.model.vocabulary import PHASES
 from tracekit.probes.capture import to_gdb
 from tracekit.probes.pointer import find_frame_site, find_pointer_site
-from tracekit.probes.spec import PHASES, ProbeSet, ProbeSpec
+from tracekit.probes.spec import ProbeSet, ProbeSpec
 
 __all__ = ["ResolvedProbe", "ResolvedProbeSet", "resolve_probes"]
 

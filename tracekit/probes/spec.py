@@ -12,10 +12,8 @@ from typing import Literal
 from tracekit.config import from_mapping, load_toml, named_config
 from tracekit.errors import ConfigError
 
-__all__ = ["INFERENCE_RULES", "PHASES", "ExitDecoder", "ProbeSet", "ProbeSpec", "load_probe_set"]
+__all__ = ["INFERENCE_RULES", "ExitDecoder", "ProbeSet", "ProbeSpec", "load_probe_set"]
 
-#: The mission's phases, in order (docs/phases.md).
-PHASES = ("A", "B", "C", "D", "E", "F")
 
 Phase = Literal["A", "B", "C", "D", "E", "F"]
 

@@ -14,9 +14,10 @@ from typing import Any
 
 from tracekit.errors import TraceFileError
 from tracekit.export.perfetto import export_trace
-from tracekit.model.chains import Reconstruction, reconstruct
+from tracekit.model.chains import Reconstruction
 from tracekit.model.context import infer_values
 from tracekit.model.events import RawEvent, read_events, write_events
+from tracekit.model.incremental import reconstruct
 from tracekit.probes.spec import ExitDecoder, load_probe_set
 from tracekit.record.merge import GdbHit, MergeStats, ProbeInfo, merge
 
