@@ -81,3 +81,17 @@ def test_shipped_probe_set_has_mission_probes() -> None:
     assert {"vgic_queue_irq_unlock", "handle_exit", "kvm_vgic_flush_hwstate"} <= names
     assert {p.phase for p in ps.probes} == set("ABCDEF")
     assert ps.decoder.describe(2, 0x5A000000) == ("TRAP", "HVC64", "handle_hvc")
+
+
+@pytest.mark.unit
+def test_an_unknown_role_is_refused_with_a_suggestion(tmp_path: Path) -> None:
+    from tracekit.errors import ConfigError
+    from tracekit.probes.spec import load_probe_set
+
+    text = (Path(__file__).parents[2] / "configs/probes/linux-6.1.toml").read_text()
+    bad = tmp_path / "p.toml"
+    bad.write_text(text.replace('role = "queue"', 'role = "queu"', 1))
+    with pytest.raises(
+        ConfigError, match="role 'queu' is not one the model knows; did you mean 'queue'"
+    ):
+        load_probe_set(str(bad))

@@ -5,12 +5,14 @@ Kernel-version knowledge lives in those files; this module only loads and checks
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from tracekit.config import from_mapping, load_toml, named_config
 from tracekit.errors import ConfigError
+from tracekit.model.vocabulary import PROBE_ROLES
 
 __all__ = ["INFERENCE_RULES", "ExitDecoder", "ProbeSet", "ProbeSpec", "load_probe_set"]
 
@@ -136,6 +138,14 @@ def load_probe_set(name_or_path: str = "linux-6.1", config_dir: Path | None = No
     if dupes:
         raise ConfigError(f"{path}: probe names must be unique, repeated: {', '.join(dupes)}")
     for p in probes:
+        if p.role not in PROBE_ROLES:
+            close = difflib.get_close_matches(p.role, list(PROBE_ROLES), n=1)
+            raise ConfigError(
+                f"{path}: probe {p.name}: role {p.role!r} is not one the model knows",
+                hint=f"did you mean {close[0]!r}?"
+                if close
+                else f"use one of {', '.join(PROBE_ROLES)}",
+            )
         if p.instruction not in ("", "eret", "after-hvc"):
             raise ConfigError(
                 f"{path}: probe {p.name}: instruction {p.instruction!r} unknown",
