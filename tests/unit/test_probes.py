@@ -83,7 +83,6 @@ def test_shipped_probe_set_has_mission_probes() -> None:
     assert ps.decoder.describe(2, 0x5A000000) == ("TRAP", "HVC64", "handle_hvc")
 
 
-@pytest.mark.unit
 def test_an_unknown_role_is_refused_with_a_suggestion(tmp_path: Path) -> None:
     from tracekit.errors import ConfigError
     from tracekit.probes.spec import load_probe_set
