@@ -161,7 +161,7 @@ def test_probe_set_rejects_unread_or_unknown_inference(
     path = tmp_path / "p.toml"
     path.write_text(
         'kernel = "6.1"\ndescription = "t"\n[[probe]]\nname = "p"\nsymbol = "s"\n'
-        f'phase = "A"\nrole = "r"\n{body}\n'
+        f'phase = "A"\nrole = "path"\n{body}\n'
     )
     with pytest.raises(ConfigError, match=message):
         load_probe_set(str(path))

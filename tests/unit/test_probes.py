@@ -28,7 +28,7 @@ capture.intid = "u32 [x1 + s.m]"
 {more}
 """
 OTHER = "".join(
-    f'[[probe]]\nname = "{p}"\nsymbol = "fn_{p}"\nphase = "{p.upper()}"\nrole = "r"\n'
+    f'[[probe]]\nname = "{p}"\nsymbol = "fn_{p}"\nphase = "{p.upper()}"\nrole = "path"\n'
     'mode = "timing"\n'
     for p in "bcdef"
 )
