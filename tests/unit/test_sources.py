@@ -190,3 +190,29 @@ def test_no_frame_site_before_a_branch() -> None:
     code = [PACIASP, BL, STP_PRE]
     with pytest.raises(SymbolError, match="no frame record store"):
         find_frame_site(lambda a: code[(a - 0x1000) // 4] if a < 0x100C else NOP, 0x1000, "t")
+
+
+def test_an_exit_handled_on_another_cpu_keeps_its_d() -> None:
+    """The vCPU thread was preempted after its exit on CPU1 and ran handle_exit on CPU0
+    (preemption is enabled between the world switch and handle_exit in arm.c)."""
+    events = [
+        ev(500, 1, "guest_eret", "eret"),  # vCPU1 runs on CPU1 ...
+        ev(400, 1, "kvm_vgic_flush_hwstate", "flush", vcpu=1),
+        ev(1000, 1, "hyp_vector_irq", "vector_irq"),  # ... and exits there
+        ev(1016, 1, "guest_exit", "guest_exit"),
+        ev(1180, 1, "host_resume", "host_resume"),
+        ev(1500, 1, "irqfd_wakeup", "source_irqfd", frame=FRAME_A),  # the VMM thread, CPU1
+        queue(1700, 1, 40, 1, {"irqfd_wakeup": (3, FRAME_A)}),
+        ev(1800, 1, "kvm_vcpu_kick", "kick", vcpu=1),
+        ev(3000, 0, "handle_exit", "handle_exit", exit_code=0, esr=0, vcpu=1),  # on CPU0
+        ev(3200, 0, "kvm_vgic_flush_hwstate", "flush", vcpu=1),
+        RawEvent(3300, 0, "gic", "gicv3_ich_lr_write", "lr_write", "",
+                 {"lr": 0, "vintid": 40, "state": 1, "hw": 0}),
+        ev(3500, 0, "enter_guest", "enter"),
+        ev(3700, 0, "guest_eret", "eret"),
+        RawEvent(3800, 0, "gic", "gicv3_icv_iar_read", "ack", "", {"intid": 40}),
+    ]  # fmt: skip
+    c = one_chain(sorted(events, key=lambda e: e.t))
+    assert c.complete, c.missing
+    assert (c.phases["B"].start, c.phases["D"].start, c.phases["D"].end) == (1000, 3000, 3200)
+    assert c.exit is not None and c.exit.cpu == 1 and c.exit.vcpu == 1

@@ -144,6 +144,9 @@ class ChainBuilder:
         self._chain_ids = 0
         self._pending_vector: dict[int, tuple[int, str]] = {}
         self._open_exit: dict[int, Exit] = {}
+        #: Per vCPU, its latest real exit not yet handled: handle_exit may run on another
+        #: CPU (the thread is preemptible between the exit and handle_exit, arm.c).
+        self._unhandled: dict[int, Exit] = {}
         self._open_entry: dict[int, Entry] = {}
         self._hist: dict[int, list[RawEvent]] = {}
         self._keys: dict[tuple[int, int], _KeyState] = {}
@@ -305,6 +308,8 @@ class ChainBuilder:
         if vec is not None:
             ex.vector_t, ex.vector = vec
         self._new_exit(ex)
+        if ex.vcpu >= 0:
+            self._unhandled[ex.vcpu] = ex
 
     def _host_resume(self, ev: RawEvent) -> None:
         cpu, t = ev.cpu, ev.t
@@ -318,6 +323,21 @@ class ChainBuilder:
     def _handle_exit(self, ev: RawEvent) -> None:
         cpu, t = ev.cpu, ev.t
         ex_open = self._open_exit.get(cpu)
+        vcpu_here = ev.values.get("vcpu")
+        if vcpu_here is not None and (
+            ex_open is None
+            or ex_open.handle_exit_t is not None
+            or ex_open.vcpu not in (-1, vcpu_here)
+        ):
+            moved = self._unhandled.get(vcpu_here)
+            if moved is not None and moved.cpu != cpu and moved.handle_exit_t is None:
+                # The vCPU's thread migrated between its exit and handle_exit: that exit
+                # goes on here, and this CPU's next flush ends its D.
+                if self._open_exit.get(moved.cpu) is moved:
+                    del self._open_exit[moved.cpu]
+                if ex_open is not None:
+                    self._close_exit(ex_open)
+                self._open_exit[cpu] = ex_open = moved
         if ex_open is None or ex_open.handle_exit_t is not None:
             ex_open = Exit(cpu, -1, handle_exit_t=t)
             self._new_exit(ex_open)
@@ -328,6 +348,8 @@ class ChainBuilder:
         vcpu = values.get("vcpu")
         if vcpu is not None:
             ex_open.vcpu = vcpu
+        if self._unhandled.get(ex_open.vcpu) is ex_open:
+            del self._unhandled[ex_open.vcpu]
         if ex_open.guest_exit_t is not None:
             # A real exit; an early return of __guest_enter has no guest_exit.
             hl = self._handled.setdefault(ex_open.vcpu, [])
