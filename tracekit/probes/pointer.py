@@ -96,6 +96,8 @@ InsnReader = Callable[[int], tuple[int, ...]]
 def _after(insn: int, tracked: dict[int, int]) -> dict[int, int]:
     """What ``tracked`` (register -> offset from the pointer) is after ``insn``, which is
     not a branch, a hint, or an access based on a tracked register."""
+    if _is_hint(insn):
+        return tracked
     tracked = dict(tracked)
     rd = insn & 31
     if (insn & 0xFFE0FFE0) == 0xAA0003E0:  # MOV Xd, Xm (ORR Xd, XZR, Xm)
