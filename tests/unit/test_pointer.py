@@ -43,9 +43,9 @@ VCPU_KICK = [
 ]
 
 
-def _reader(words: list[int]) -> Callable[[int], int]:
-    def read(address: int) -> int:
-        return words[(address - ENTRY) // 4]
+def _reader(words: list[int]) -> Callable[[int], tuple[int, ...]]:
+    def read(address: int) -> tuple[int, ...]:
+        return (words[(address - ENTRY) // 4],)
 
     return read
 

@@ -180,7 +180,7 @@ BL = 0x94000010
 def test_frame_site_is_the_frame_record_store(prologue: list[int], site: int) -> None:
     base = 0x1000
     code = dict(enumerate(prologue))
-    got = find_frame_site(lambda a: code.get((a - base) // 4, NOP), base, "t")
+    got = find_frame_site(lambda a: (code.get((a - base) // 4, NOP),), base, "t")
     assert (got.pc, got.offset) == (base + site, 0)
 
 
@@ -189,7 +189,7 @@ def test_no_frame_site_before_a_branch() -> None:
 
     code = [PACIASP, BL, STP_PRE]
     with pytest.raises(SymbolError, match="no frame record store"):
-        find_frame_site(lambda a: code[(a - 0x1000) // 4] if a < 0x100C else NOP, 0x1000, "t")
+        find_frame_site(lambda a: (code[(a - 0x1000) // 4] if a < 0x100C else NOP,), 0x1000, "t")
 
 
 def test_an_exit_handled_on_another_cpu_keeps_its_d() -> None:

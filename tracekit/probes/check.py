@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tracekit.errors import ConfigError, SymbolError, TracekitError
+from tracekit.kernel.alternatives import running_text
 from tracekit.kernel.kallsyms import SymbolTable
 from tracekit.probes.capture import TYPES, members_of
 from tracekit.probes.resolve import ResolvedProbe, _resolve_one
@@ -106,10 +107,11 @@ def check_probes(
 ) -> list[ProbeReport]:
     """Resolve each probe on its own (one failure does not hide the others)."""
     reports = []
+    text = running_text(image, symbols, pset.cpucaps)  # instructions as the kernel runs them
     for spec in pset.probes:
         captures = tuple(_capture(n, e, member_info) for n, e in spec.capture.items())
         try:
-            probe, _ = _resolve_one(spec, symbols, image, offset_of, read_values=True)
+            probe, _ = _resolve_one(spec, symbols, text, offset_of, read_values=True)
         except (SymbolError, ConfigError) as exc:
             reports.append(
                 ProbeReport(

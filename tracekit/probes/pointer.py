@@ -11,7 +11,9 @@ against a debugger read.
 Only what compilers emit in a prologue is modelled: ``mov Xd, Xn``, ``add Xd, Xn, #imm``,
 loads/stores with an immediate offset, hints (``paciasp``, ``bti``, ``nop``). Any other
 instruction that writes a tracked register stops tracking it; a branch ends the search
-(code after it might not run).
+(code after it might not run). Instructions are read as the kernel runs them, after its
+boot-time alternatives patching (tracekit/kernel/alternatives.py): 6.12's functions that
+test a final cpucap begin with a ``b`` that boot turns into a NOP.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 from tracekit.errors import SymbolError
 
-__all__ = ["PointerSite", "find_frame_site", "find_pointer_site"]
+__all__ = ["InsnReader", "PointerSite", "find_frame_site", "find_pointer_site"]
 
 #: Instructions scanned from the entry before giving up.
 SCAN_INSNS = 32
@@ -85,53 +87,80 @@ def _is_load_store(insn: int) -> bool:
     return (insn & 0x0A000000) == 0x08000000
 
 
-def find_pointer_site(
-    read_insn: Callable[[int], int], entry: int, register: int, what: str
-) -> PointerSite:
+#: ``read_insn(address)``: every instruction that can run there as the kernel runs
+#: (tracekit.kernel.alternatives.RunningText.candidates): one, two where boot patching
+#: depends on a CPU feature, none where boot code computes it.
+InsnReader = Callable[[int], tuple[int, ...]]
+
+
+def _after(insn: int, tracked: dict[int, int]) -> dict[int, int]:
+    """What ``tracked`` (register -> offset from the pointer) is after ``insn``, which is
+    not a branch, a hint, or an access based on a tracked register."""
+    if _is_hint(insn):
+        return tracked
+    tracked = dict(tracked)
+    rd = insn & 31
+    if (insn & 0xFFE0FFE0) == 0xAA0003E0:  # MOV Xd, Xm (ORR Xd, XZR, Xm)
+        rm = (insn >> 16) & 31
+        if rm in tracked:
+            tracked[rd] = tracked[rm]
+        else:
+            tracked.pop(rd, None)
+        return tracked
+    if (insn & 0xFF800000) == 0x91000000:  # ADD Xd, Xn, #imm{, LSL #12}
+        rn = (insn >> 5) & 31
+        imm = ((insn >> 10) & 0xFFF) << (12 if insn & (1 << 22) else 0)
+        if rn in tracked and _SP not in (rn, rd):
+            tracked[rd] = tracked[rn] + imm
+        else:
+            tracked.pop(rd, None)
+        return tracked
+    access = _load_store(insn)
+    if access is not None:
+        for reg in access.loaded if not access.store else ():
+            tracked.pop(reg, None)
+        if access.writeback:
+            tracked.pop(access.base, None)
+        return tracked
+    if _is_load_store(insn):  # a form not decoded above: forget what it may write
+        tracked.pop(rd, None)
+        tracked.pop((insn >> 10) & 31, None)
+        tracked.pop((insn >> 5) & 31, None)
+        return tracked
+    tracked.pop(rd, None)
+    return tracked
+
+
+def _is_hint(insn: int) -> bool:
+    return (insn & 0xFFFFF01F) == 0xD503201F  # HINT: nop, paciasp, bti, ...
+
+
+def find_pointer_site(read_insn: InsnReader, entry: int, register: int, what: str) -> PointerSite:
     """Follow ``x<register>`` from ``entry`` to its first dereference.
 
-    ``read_insn(address)`` returns the 32-bit instruction there. Raises SymbolError
-    (naming ``what``) when the prologue has no such access before a branch.
+    Where boot patching leaves two possible instructions, the access must be the same in
+    both and a register stays tracked only if both keep it; an instruction computed at
+    boot, like a branch, ends the search. Raises SymbolError (naming ``what``) when the
+    prologue has no such access before that.
     """
     tracked: dict[int, int] = {register: 0}  # register -> offset from the pointer
     for i in range(SCAN_INSNS):
         pc = entry + 4 * i
-        insn = read_insn(pc)
-        if _is_branch(insn):
+        options = read_insn(pc)
+        if not options or any(_is_branch(insn) for insn in options):
             break
-        if (insn & 0xFFFFF01F) == 0xD503201F:  # HINT: nop, paciasp, bti, ...
+        if all(_is_hint(insn) for insn in options):
             continue
-        access = _load_store(insn)
-        if access is not None and access.base in tracked and access.base != _SP:
-            return PointerSite(pc, tracked[access.base] + access.offset)
-        rd = insn & 31
-        if (insn & 0xFFE0FFE0) == 0xAA0003E0:  # MOV Xd, Xm (ORR Xd, XZR, Xm)
-            rm = (insn >> 16) & 31
-            if rm in tracked:
-                tracked[rd] = tracked[rm]
-            else:
-                tracked.pop(rd, None)
-            continue
-        if (insn & 0xFF800000) == 0x91000000:  # ADD Xd, Xn, #imm{, LSL #12}
-            rn = (insn >> 5) & 31
-            imm = ((insn >> 10) & 0xFFF) << (12 if insn & (1 << 22) else 0)
-            if rn in tracked and _SP not in (rn, rd):
-                tracked[rd] = tracked[rn] + imm
-            else:
-                tracked.pop(rd, None)
-            continue
-        if access is not None:
-            for reg in access.loaded if not access.store else ():
-                tracked.pop(reg, None)
-            if access.writeback:
-                tracked.pop(access.base, None)
-            continue
-        if _is_load_store(insn):  # a form not decoded above: forget what it may write
-            tracked.pop(rd, None)
-            tracked.pop((insn >> 10) & 31, None)
-            tracked.pop((insn >> 5) & 31, None)
-            continue
-        tracked.pop(rd, None)
+        accesses = [_load_store(insn) for insn in options]
+        through = [a for a in accesses if a is not None and a.base in tracked and a.base != _SP]
+        if through:
+            if len(options) > 1:
+                break  # whether (and where) it accesses depends on the CPU
+            return PointerSite(pc, tracked[through[0].base] + through[0].offset)
+        results = [_after(insn, tracked) for insn in options]
+        tracked = {r: off for r, off in results[0].items() if all(x.get(r) == off for x in results)}
+        if not tracked:
+            break
     raise SymbolError(
         f"{what}: no memory access based on x{register} in the first instructions",
         hint="the kernel build differs; read the value with a stop instead (mode = 'stop')",
@@ -141,19 +170,21 @@ def find_pointer_site(
 _FP, _LR = 29, 30
 
 
-def find_frame_site(read_insn: Callable[[int], int], entry: int, what: str) -> PointerSite:
+def find_frame_site(read_insn: InsnReader, entry: int, what: str) -> PointerSite:
     """The prologue's store of its frame record: ``stp x29, x30, [sp, #imm]`` (pre-index
     or signed offset, AAPCS64 6.4.6). The address it writes *is* the function's frame
     record, the ``x29`` its callees see: a callee's frame chain names this activation.
 
     The site's offset is 0: the value recovered is the accessed address itself. Raises
-    SymbolError (naming ``what``) when no such store comes before a branch.
+    SymbolError (naming ``what``) when no such store comes before a branch (or an
+    instruction boot patching leaves undecided: the store must be certain).
     """
     for i in range(SCAN_INSNS):
         pc = entry + 4 * i
-        insn = read_insn(pc)
-        if _is_branch(insn):
+        options = read_insn(pc)
+        if len(options) != 1 or _is_branch(options[0]):
             break
+        insn = options[0]
         access = _load_store(insn)
         if (
             access is not None

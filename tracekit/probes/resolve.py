@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import astuple, dataclass
 
 from tracekit.errors import SymbolError
-from tracekit.kernel.kallsyms import SymbolTable, instruction_at
+from tracekit.kernel.alternatives import RunningText, running_text
+from tracekit.kernel.kallsyms import SymbolTable
 from tracekit.model.vocabulary import PHASES
 from tracekit.probes.capture import to_gdb
 from tracekit.probes.pointer import find_frame_site, find_pointer_site
@@ -91,11 +92,15 @@ def _function_end(symbols: SymbolTable, start: int) -> int:
     return min(following, default=start + SCAN_LIMIT)
 
 
-def _interior(spec: ProbeSpec, start: int, image: bytes, symbols: SymbolTable) -> int:
+def _interior(spec: ProbeSpec, start: int, text: RunningText, symbols: SymbolTable) -> int:
+    """The interior point, decoded from the instructions as the kernel runs them; one that
+    boot patching leaves undecided (or computes) matches nothing."""
     end = min(_function_end(symbols, start), start + SCAN_LIMIT)
     target = symbols.address(spec.after_call) if spec.after_call else None
     for addr in range(start, end, 4):
-        insn = instruction_at(image, symbols, addr)
+        insn = text.instruction(addr)
+        if insn is None:
+            continue
         if spec.instruction == "eret" and insn == ERET:
             return addr
         if spec.instruction == "after-hvc" and insn == HVC0:
@@ -115,7 +120,7 @@ def _interior(spec: ProbeSpec, start: int, image: bytes, symbols: SymbolTable) -
 def _resolve_one(
     spec: ProbeSpec,
     symbols: SymbolTable,
-    image: bytes,
+    text: RunningText,
     offset_of: Callable[[str], int],
     read_values: bool = False,
 ) -> tuple[ResolvedProbe, str | None]:
@@ -139,7 +144,7 @@ def _resolve_one(
         )
     addr = addrs[0] + spec.offset
     if spec.after_call or spec.instruction:
-        addr = _interior(spec, addrs[0], image, symbols)
+        addr = _interior(spec, addrs[0], text, symbols)
     stops = spec.stops(read_values)
     captures = tuple(
         (name, to_gdb(expr, offset_of, f"probe {spec.name}: capture.{name}"))
@@ -149,15 +154,15 @@ def _resolve_one(
     skip = (
         stops
         and not (spec.after_call or spec.instruction or spec.offset)
-        and instruction_at(image, symbols, addr) in SKIPPABLE
-        and instruction_at(image, symbols, addr + 4) == NOP
+        and text.instruction(addr) in SKIPPABLE
+        and text.instruction(addr + 4) == NOP
     )
     sites = tuple(
         (
             value,
             *astuple(
                 find_pointer_site(
-                    lambda a: instruction_at(image, symbols, a),
+                    text.candidates,
                     addr,
                     int(reg[1:]),
                     f"probe {spec.name}: pointer.{value}",
@@ -168,8 +173,7 @@ def _resolve_one(
     )
     code_end = 0
     if spec.frame:
-        read = lambda a: instruction_at(image, symbols, a)  # noqa: E731
-        site = find_frame_site(read, addr, f"probe {spec.name}: frame")
+        site = find_frame_site(text.candidates, addr, f"probe {spec.name}: frame")
         sites = (*sites, ("frame", site.pc, site.offset))
         code_end = _function_end(symbols, addr)
     probe = ResolvedProbe(
@@ -195,7 +199,12 @@ def resolve_probes(
     *,
     read_values: bool = False,
 ) -> ResolvedProbeSet:
-    """Resolve every probe; raise SymbolError for a required probe or an uncovered phase."""
+    """Resolve every probe; raise SymbolError for a required probe or an uncovered phase.
+
+    Instructions are decoded as the kernel runs them: the Image with the boot-time
+    alternatives the probe set's cpucaps decide (tracekit/kernel/alternatives.py).
+    """
+    text = running_text(image, symbols, pset.cpucaps)
     resolved: list[ResolvedProbe] = []
     skipped: list[tuple[str, str]] = []
     fallbacks: list[tuple[str, str]] = []
@@ -203,7 +212,7 @@ def resolve_probes(
         if kvm_mode not in spec.kvm_modes:
             continue
         try:
-            probe, fallback = _resolve_one(spec, symbols, image, offset_of, read_values)
+            probe, fallback = _resolve_one(spec, symbols, text, offset_of, read_values)
         except SymbolError as exc:
             if spec.required:
                 raise

@@ -12,6 +12,7 @@ from typing import Literal
 
 from tracekit.config import from_mapping, load_toml, named_config
 from tracekit.errors import ConfigError
+from tracekit.kernel.alternatives import CpuCaps
 from tracekit.model.vocabulary import PROBE_ROLES
 
 __all__ = ["INFERENCE_RULES", "ExitDecoder", "ProbeSet", "ProbeSpec", "load_probe_set"]
@@ -70,12 +71,20 @@ class ProbeSpec:
 
 
 @dataclass(frozen=True)
+class _CpuCapsFile:
+    #: cpucap number (this kernel's arch/arm64/tools/cpucaps order) -> name.
+    applied: dict[str, str] = field(default_factory=dict)
+    absent: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class _ProbeFile:
     kernel: str
     description: str
     probe: tuple[dict[str, object], ...]
     exit_codes: dict[str, str] = field(default_factory=dict)
     ec_handlers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    cpucaps: _CpuCapsFile | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,8 @@ class ProbeSet:
     probes: tuple[ProbeSpec, ...]
     source: str
     decoder: ExitDecoder = field(default_factory=ExitDecoder)
+    #: What boot-time alternatives patching does on tracekit's machines ([cpucaps]).
+    cpucaps: CpuCaps = field(default_factory=CpuCaps)
 
 
 def load_probe_set(name_or_path: str = "linux-6.1", config_dir: Path | None = None) -> ProbeSet:
@@ -193,4 +204,16 @@ def load_probe_set(name_or_path: str = "linux-6.1", config_dir: Path | None = No
             f"{path}: bad [exit_codes]/[ec_handlers] entry ({exc})",
             hint="keys are integers (0x..), handlers are [name, function]",
         ) from None
-    return ProbeSet(raw.kernel, raw.description, probes, str(path), decoder)
+    caps = raw.cpucaps or _CpuCapsFile()
+    try:
+        cpucaps = CpuCaps(
+            {int(k, 0): v for k, v in caps.applied.items()},
+            {int(k, 0): v for k, v in caps.absent.items()},
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"{path}: bad [cpucaps] entry ({exc})", hint="keys are cpucap numbers"
+        ) from None
+    if set(cpucaps.applied) & set(cpucaps.absent):
+        raise ConfigError(f"{path}: [cpucaps] lists a cpucap as both applied and absent")
+    return ProbeSet(raw.kernel, raw.description, probes, str(path), decoder, cpucaps)
