@@ -7,9 +7,10 @@ VENV := .venv/bin
 setup:
 	@scripts/setup.sh
 
-## The tests also check explain's source lines: the kernel's debug info (~260 MB, cached).
+## The tests also check explain's source lines (the kernel's debug info, ~260 MB) and
+## record on a second kernel family (6.12): both fetched once and cached.
 setup-test:
-	@scripts/setup.sh --debug-info
+	@scripts/setup.sh --debug-info --extra-kernel 6.12
 
 ## The main job on the built-in defaults: record the default scenario, print the summary.
 demo: setup

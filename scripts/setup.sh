@@ -5,12 +5,14 @@
 # is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# --debug-info (make test): also the kernel's debug info, for explain's source lines.
+# make test: --debug-info (the kernel's debug info, for explain's source lines) and
+# --extra-kernel FAMILY (a second pinned kernel, for the kernel matrix of the e2e tier).
 GUEST_ARGS=()
-for arg in "$@"; do
-    case "$arg" in
-        --debug-info) GUEST_ARGS+=(--debug-info) ;;
-        *) echo "usage: $0 [--debug-info]" >&2; exit 2 ;;
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --debug-info) GUEST_ARGS+=(--debug-info); shift ;;
+        --extra-kernel) GUEST_ARGS+=(--extra-kernel "${2:?}"); shift 2 ;;
+        *) echo "usage: $0 [--debug-info] [--extra-kernel FAMILY]" >&2; exit 2 ;;
     esac
 done
 

@@ -221,6 +221,17 @@ class KernelSource:
 
 
 @dataclass(frozen=True)
+class KernelChoice:
+    """Another pinned kernel family, fetched and cached beside the default on request
+    (``guest build --extra-kernel FAMILY``) and used with ``--kernel FAMILY``."""
+
+    #: The Debian suite it comes from (e.g. bookworm-backports for 6.12 on Debian 12).
+    suite: str
+    #: Its metapackage there.
+    package: str
+
+
+@dataclass(frozen=True)
 class BusyboxSource:
     package: str
     architecture: str
@@ -239,6 +250,8 @@ class GuestConfig:
     vmm_source: str
     #: Source of L1's /init (relative to the repository).
     init_source: str
+    #: Family ("6.12") -> where that kernel comes from (configs/guest.toml [kernels]).
+    kernels: dict[str, KernelChoice] = field(default_factory=dict)
 
 
 def load_guest_config(path: Path | None = None) -> GuestConfig:

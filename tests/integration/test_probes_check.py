@@ -56,3 +56,14 @@ def test_a_malformed_probe_set_is_bad_input(tmp_path: Path, guest_assets: object
     bad.write_text('kernel = "6.1"\ndescription = "y"\n[[probe]]\nname = "a"\nsymbl = "b"\n')
     out = run_tracekit("probes", "check", "--probes", str(bad))
     assert out.returncode == 2 and "unknown key 'symbl'" in out.stderr, out.stderr
+
+
+def test_the_612_set_fits_the_612_kernel(guest_assets: object) -> None:
+    out = run_tracekit("probes", "check", "--kernel", "6.12", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["probe_set"] == "linux-6.12" and data["failed"] == []
+    assert data["kernel"].startswith("6.12")
+    # The 6.1 set on the 6.12 kernel is refused: another kernel's probes are never used.
+    wrong = run_tracekit("probes", "check", "--kernel", "6.12", "--probes", "linux-6.1")
+    assert wrong.returncode == 2 and "written for kernel 6.1" in wrong.stderr, wrong.stderr

@@ -58,7 +58,14 @@ def guest() -> None:
     help="Also fetch the kernel's Debian -dbg package (about 260 MB, once) for the source"
     " lines `tracekit explain` shows.",
 )
-def build(force: bool, kernel: Path | None, debug_info: bool) -> int:
+@click.option(
+    "--extra-kernel",
+    "extra",
+    multiple=True,
+    help="Also fetch and cache this kernel family of configs/guest.toml [kernels] (e.g."
+    " 6.12), for `record --kernel FAMILY`; the default kernel is not changed.",
+)
+def build(force: bool, kernel: Path | None, debug_info: bool, extra: tuple[str, ...]) -> int:
     """Download the L1 kernel and busybox, cross-compile the L2 VMM, pack the initramfs."""
     from tracekit.cli import err_console
     from tracekit.guest.assets import build_assets
@@ -72,6 +79,13 @@ def build(force: bool, kernel: Path | None, debug_info: bool) -> int:
         guest_cfg, tools = load_guest_config(), load_tools()
         assets = build_assets(guest_cfg, tools, force=force, report=report, kernel=kernel)
         lines = _debug_lines(assets, guest_cfg, tools, force, report) if debug_info else None
+        extras = {}
+        for family in extra:
+            from tracekit.guest.assets import build_extra_kernel
+
+            extras[family] = build_extra_kernel(
+                guest_cfg, tools, family, force=force, report=report
+            )
         progress.update(task, description="guest assets ready")
     table = Table(title="guest assets")
     table.add_column("piece")
@@ -92,6 +106,10 @@ def build(force: bool, kernel: Path | None, debug_info: bool) -> int:
     table.add_row("initramfs", "", f"{sizes.get('initramfs', 0) / 1e6:.1f} MB", assets.initramfs)
     if lines is not None:
         table.add_row("source lines", f"{len(lines)} probe points", "", "")
+    for family, meta in extras.items():
+        table.add_row(
+            f"kernel {family}", f"{meta['release']} ({meta['version']})", "", str(meta["image"])
+        )
     Console().print(table)
     return 0
 
@@ -160,22 +178,34 @@ def render_ground_truth(truth: GroundTruth) -> Table:
     return table
 
 
+KERNEL_HELP = (
+    "Run on this kernel instead of the cached default: a family of configs/guest.toml"
+    " [kernels] (e.g. 6.12; fetched and cached once) or an arm64 Image path."
+)
+
+
 @guest.command("run")
 @scenario_options
+@click.option("--kernel", "kernel", default=None, help=KERNEL_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the ground truth as JSON.")
 def run(
-    scenario_name: str | None, count: int | None, vcpus: int, machine: str, as_json: bool
+    scenario_name: str | None,
+    count: int | None,
+    vcpus: int,
+    machine: str,
+    kernel: str | None,
+    as_json: bool,
 ) -> int:
     """Boot L1, run a scenario in L2 without tracing, print its ground truth."""
     from tracekit.cli import err_console
-    from tracekit.guest.assets import load_assets
+    from tracekit.guest.assets import assets_for_kernel
     from tracekit.guest.runner import run_scenario, validate_request
 
     catalog = load_scenarios()
     spec = catalog.get(scenario_name or catalog.default)
     req = validate_request(spec, count, vcpus)
     profile = load_machine(machine)
-    assets = load_assets()
+    assets = assets_for_kernel(load_guest_config(), load_tools(), kernel)
     with _progress(err_console) as progress:
         task = progress.add_task("starting QEMU", total=None)
         result = run_scenario(

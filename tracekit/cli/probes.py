@@ -19,36 +19,31 @@ def probes() -> None:
     """Probe sets against a kernel Image."""
 
 
-def _kernel(image: Path | None) -> dict[str, Any]:
-    """The cached kernel, or ``image`` extracted into the cache (the default is unchanged)."""
-    from tracekit.config import cache_dir, load_guest_config
-    from tracekit.guest.assets import _build_kernel_from_file, load_assets
-
-    if image is None:
-        a = load_assets()
-        return {
-            "release": a.kernel_release,
-            "family": a.kernel_family,
-            "image": a.image,
-            "symbols": a.symbols,
-            "layout": a.layout,
-        }
+def _kernel(kernel: str | None) -> dict[str, Any]:
+    """The cached kernel, a kernel family of configs/guest.toml, or an Image path (cached by
+    content; the default kernel is unchanged)."""
     from tracekit.cli import err_console
+    from tracekit.config import load_guest_config, load_tools
+    from tracekit.guest.assets import assets_for_kernel
 
-    with err_console.status("reading the kernel Image (kallsyms, BTF)"):
-        meta = _build_kernel_from_file(
-            image, load_guest_config(), cache_dir(), False, lambda _m: None
-        )
-    return {k: str(meta[k]) for k in ("release", "family", "image", "symbols", "layout")}
+    with err_console.status("reading the kernel (kallsyms, BTF)"):
+        a = assets_for_kernel(load_guest_config(), load_tools(), kernel)
+    return {
+        "release": a.kernel_release,
+        "family": a.kernel_family,
+        "image": a.image,
+        "symbols": a.symbols,
+        "layout": a.layout,
+    }
 
 
 @probes.command("check")
 @click.option(
     "--kernel",
-    "image",
-    type=click.Path(path_type=Path),
+    "kernel",
     default=None,
-    help="An arm64 Image to check instead of the cached kernel.",
+    help="A kernel family of configs/guest.toml (e.g. 6.12) or an arm64 Image path,"
+    " instead of the cached kernel.",
 )
 @click.option(
     "--probes",
@@ -57,7 +52,7 @@ def _kernel(image: Path | None) -> dict[str, Any]:
     help="Probe set name or .toml path (default: the one for the kernel's family).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def check(image: Path | None, probe_set: str | None, as_json: bool) -> int:
+def check(kernel: str | None, probe_set: str | None, as_json: bool) -> int:
     """Every probe with its address, how it was found, its captures and their BTF members;
     exit 1 with the list of what failed."""
     from tracekit.errors import ProbeCheckFailed
@@ -67,7 +62,7 @@ def check(image: Path | None, probe_set: str | None, as_json: bool) -> int:
     from tracekit.probes.select import KernelMismatch, available_probe_sets, choose_probe_set
     from tracekit.probes.spec import load_probe_set
 
-    k = _kernel(image)
+    k = _kernel(kernel)
     note = ""
     try:
         name = choose_probe_set(k["release"], k["family"], probe_set)

@@ -74,6 +74,13 @@ def default_output(scenario: str) -> Path:
     " kernel's family (read from the Image). A set for another kernel is refused.",
 )
 @click.option(
+    "--kernel",
+    "kernel",
+    default=None,
+    help="Record this kernel instead of the cached default: a family of configs/guest.toml"
+    " [kernels] (e.g. 6.12; fetched and cached once) or an arm64 Image path.",
+)
+@click.option(
     "--stall-timeout",
     type=float,
     default=60.0,
@@ -104,6 +111,7 @@ def record(
     output: Path | None,
     duration: float | None,
     probe_set: str | None,
+    kernel: str | None,
     stall_timeout: float,
     kernel_args: tuple[str, ...],
     read_values: bool,
@@ -113,7 +121,7 @@ def record(
     """Boot L1, run a scenario in L2 and record the L1 KVM interrupt path to a .pftrace."""
     from tracekit.cli import err_console
     from tracekit.export.reader import read_trace
-    from tracekit.guest.assets import load_assets
+    from tracekit.guest.assets import assets_for_kernel
     from tracekit.guest.runner import validate_request
     from tracekit.model.summary import summarize
     from tracekit.probes.select import choose_probe_set
@@ -125,8 +133,7 @@ def record(
     spec = catalog.get(scenario_name or catalog.default)
     req = validate_request(spec, count, vcpus)
     profile = load_machine(kvm_mode or machine)
-    load_guest_config()
-    assets = load_assets()
+    assets = assets_for_kernel(load_guest_config(), load_tools(), kernel)
     chosen = choose_probe_set(assets.kernel_release, assets.kernel_family, probe_set)
     out = output or default_output(spec.name)
     if out.suffix != ".pftrace":

@@ -7,6 +7,7 @@ is rebuilt only when an input changes. ``assets.json`` in the cache names the cu
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +24,16 @@ from tracekit.env.doctor import CheckResult
 from tracekit.errors import EnvironmentProblem, GuestBuildError, KernelImageError
 from tracekit.guest import debian, initramfs
 
-__all__ = ["GuestAssets", "build_assets", "check_assets", "check_probe_sets", "load_assets"]
+__all__ = [
+    "GuestAssets",
+    "assets_for_kernel",
+    "build_assets",
+    "build_extra_kernel",
+    "check_assets",
+    "check_probe_sets",
+    "load_assets",
+    "with_kernel",
+]
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +183,14 @@ def _validate_config(config_text: str, path: Path) -> None:
         )
 
 
-def guest_apt(guest: GuestConfig, tools: ToolPaths, cache: Path) -> debian.PrivateApt:
-    """apt for the guest's pinned Debian suite, with its lists in the cache."""
+def guest_apt(
+    guest: GuestConfig, tools: ToolPaths, cache: Path, suite: str | None = None
+) -> debian.PrivateApt:
+    """apt for the guest's pinned Debian suite (or ``suite``), with its lists in the cache."""
     arch = guest.kernel.architecture
+    suite = suite or guest.debian_suite
     return debian.PrivateApt(
-        cache / "apt" / f"{guest.debian_suite}-{arch}",
-        guest.debian_suite,
-        arch,
-        debian.host_mirrors(),
-        tools,
+        cache / "apt" / f"{suite}-{arch}", suite, arch, debian.host_mirrors(), tools
     )
 
 
@@ -203,16 +212,25 @@ def _check_family_has_probes(release: str, what: str) -> None:
 
 
 def _build_kernel(
-    guest: GuestConfig, tools: ToolPaths, cache: Path, force: bool, report: Report
+    guest: GuestConfig,
+    tools: ToolPaths,
+    cache: Path,
+    force: bool,
+    report: Report,
+    *,
+    suite: str | None = None,
+    package: str | None = None,
 ) -> dict[str, str | int]:
     from tracekit.kernel import kallsyms
 
-    apt = guest_apt(guest, tools, cache)
-    report(f"resolving {guest.kernel.package}:{guest.kernel.architecture} in {guest.debian_suite}")
+    suite = suite or guest.debian_suite
+    package = package or guest.kernel.package
+    apt = guest_apt(guest, tools, cache, suite)
+    report(f"resolving {package}:{guest.kernel.architecture} in {suite}")
     if force:
         apt.update(force=True)
-    ref = apt.resolve(guest.kernel.package, follow_metapackage=True)
-    _check_family_has_probes(_kernel_release(ref.name), f"Debian {guest.debian_suite}'s {ref.name}")
+    ref = apt.resolve(package, follow_metapackage=True)
+    _check_family_has_probes(_kernel_release(ref.name), f"Debian {suite}'s {ref.name}")
     kdir = cache / "kernel" / f"{ref.name}_{ref.version}"
     meta = None if force else _cached_kernel(kdir)
     if meta is not None:
@@ -442,6 +460,74 @@ def _build_kernel_from_file(
         version=digest,
         release="",  # the Image's own banner names it
     )
+
+
+def build_extra_kernel(
+    guest: GuestConfig,
+    tools: ToolPaths,
+    family: str,
+    *,
+    force: bool = False,
+    report: Report = lambda _msg: None,
+    cache: Path | None = None,
+) -> dict[str, str | int]:
+    """Fetch and cache the pinned kernel of another family (configs/guest.toml [kernels])
+    beside the default one; the manifest (the default kernel) is not changed."""
+    choice = guest.kernels.get(family)
+    if choice is None:
+        raise GuestBuildError(
+            f"no kernel family {family!r} in configs/guest.toml",
+            hint=f"known: {', '.join(sorted(guest.kernels)) or 'none'}, or pass an Image path",
+        )
+    return _build_kernel(
+        guest,
+        tools,
+        cache or cache_dir(),
+        force,
+        report,
+        suite=choice.suite,
+        package=choice.package,
+    )
+
+
+def with_kernel(assets: GuestAssets, kmeta: Mapping[str, str | int]) -> GuestAssets:
+    """The same guest stack with another kernel (the initramfs does not depend on it)."""
+    return dataclasses.replace(
+        assets,
+        kernel_package=str(kmeta["package"]),
+        kernel_version=str(kmeta["version"]),
+        kernel_release=str(kmeta["release"]),
+        kernel_family=str(kmeta["family"]),
+        kernel_banner=str(kmeta["banner"]),
+        image=str(kmeta["image"]),
+        kernel_config=str(kmeta["config"]),
+        symbols=str(kmeta["symbols"]),
+        layout=str(kmeta["layout"]),
+        symbol_count=int(kmeta["symbol_count"]),
+    )
+
+
+def assets_for_kernel(
+    guest: GuestConfig,
+    tools: ToolPaths,
+    kernel: str | None,
+    report: Report = lambda _msg: None,
+) -> GuestAssets:
+    """The cached assets, with ``kernel`` instead of the default one: a family of
+    configs/guest.toml [kernels] (fetched and cached if needed) or an Image path (its
+    kernel directory is cached by content). None: the default."""
+    assets = load_assets()
+    if kernel is None:
+        return assets
+    if kernel in guest.kernels:
+        return with_kernel(assets, build_extra_kernel(guest, tools, kernel, report=report))
+    path = Path(kernel)
+    if not path.exists() and "/" not in kernel:
+        raise GuestBuildError(
+            f"--kernel {kernel!r} is neither a kernel family of configs/guest.toml nor a file",
+            hint=f"use one of {', '.join(sorted(guest.kernels)) or 'none'} or an Image path",
+        )
+    return with_kernel(assets, _build_kernel_from_file(path, guest, cache_dir(), False, report))
 
 
 def build_assets(

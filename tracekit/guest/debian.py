@@ -171,12 +171,11 @@ class PrivateApt:
 
     def _sources_text(self) -> str:
         opts = f"[arch={self.architecture} signed-by={ARCHIVE_KEYRING}]"
-        lines = [
-            f"deb {opts} {self.source.archive} {self.suite} main",
-            f"deb {opts} {self.source.archive} {self.suite}-updates main",
-        ]
-        if self.source.security:
-            lines.append(f"deb {opts} {self.source.security} {self.suite}-security main")
+        lines = [f"deb {opts} {self.source.archive} {self.suite} main"]
+        if "-" not in self.suite:  # a release has -updates and -security; bookworm-backports not
+            lines.append(f"deb {opts} {self.source.archive} {self.suite}-updates main")
+            if self.source.security:
+                lines.append(f"deb {opts} {self.source.security} {self.suite}-security main")
         return "\n".join(lines) + "\n"
 
     def _lists_fresh(self, sources: str) -> bool:
