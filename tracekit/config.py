@@ -216,8 +216,6 @@ class KernelSource:
     #: Debian metapackage that depends on the current ABI's image package.
     package: str
     architecture: str
-    #: Members whose offsets the probes read, taken from the kernel's BTF at build time.
-    btf_members: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,16 @@ def test_a_good_chain_passes() -> None:
     assert failed(rows("BCADEF")) == [], "a hardware chain: the timer's A after its exit"
 
 
+def test_a_source_queued_while_another_cpus_flush_began_passes() -> None:
+    """E (the flush) started, then A queued on another CPU before the LRs were written."""
+    r = rows("BCDEAF")
+    e = next(s for s in r["chain_slices"] if s["name"].startswith("E "))
+    e["dur"] = 100  # A starts 10 ns after E started: inside it
+    assert failed(r) == []
+    e["dur"] = 5  # E ended before A started: impossible
+    assert failed(r) == ["each chain's flow leads through its phases to the acknowledgement"]
+
+
 @pytest.mark.parametrize("order", ["ABDCEF", "AEBCDF", "BCDEAF"])
 def test_phases_out_of_order_fail(order: str) -> None:
     assert failed(rows(order)) == [

@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from tracekit.config import REPO_ROOT, GuestConfig, ToolPaths, cache_dir
 from tracekit.env.doctor import CheckResult
-from tracekit.errors import EnvironmentProblem, GuestBuildError, KernelImageError
+from tracekit.errors import EnvironmentProblem, GuestBuildError, KernelImageError, SymbolError
 from tracekit.guest import debian, initramfs
 
 __all__ = [
@@ -285,6 +286,29 @@ def _cached_kernel(kdir: Path) -> dict[str, str | int] | None:
     return meta
 
 
+def _layout_for_probes(parsed: Any, family: str) -> dict[str, dict[str, int]]:
+    """Offsets of every struct member a probe set's captures read (derived from the
+    captures, never a hand-kept list). The set written for ``family`` must resolve whole;
+    for a kernel without one, what resolves of all sets is kept (`probes check` names the
+    rest)."""
+    from tracekit.kernel import btf
+    from tracekit.probes.select import available_probe_sets
+    from tracekit.probes.spec import load_probe_set
+
+    sets = available_probe_sets()
+    mine = [s for s in sets if s.kernel == family]
+    members = {m for s in (mine or sets) for m in load_probe_set(str(s.path)).btf_members()}
+    if mine:
+        return btf.extract_layout(parsed, sorted(members))
+    layout: dict[str, dict[str, int]] = {}
+    for member in sorted(members):
+        try:
+            layout |= btf.extract_layout(parsed, [member])
+        except SymbolError:
+            continue
+    return layout
+
+
 def _store_kernel(
     kdir: Path,
     data: bytes,
@@ -312,7 +336,7 @@ def _store_kernel(
         )
     report("reading struct layouts from BTF")
     parsed = btf.Btf.parse(btf.find_btf_blob(data, source=source))
-    layout = btf.extract_layout(parsed, guest.kernel.btf_members)
+    layout = _layout_for_probes(parsed, kernel.family)
     kdir.mkdir(parents=True, exist_ok=True)
     image = kdir / "Image"
     image.write_bytes(data)

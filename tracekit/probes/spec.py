@@ -14,6 +14,7 @@ from tracekit.config import from_mapping, load_toml, named_config
 from tracekit.errors import ConfigError
 from tracekit.kernel.alternatives import CpuCaps
 from tracekit.model.vocabulary import PROBE_ROLES
+from tracekit.probes.capture import members_of
 
 __all__ = ["INFERENCE_RULES", "ExitDecoder", "ProbeSet", "ProbeSpec", "load_probe_set"]
 
@@ -65,6 +66,10 @@ class ProbeSpec:
     #: (docs/phases.md, "Sources").
     frame: bool = False
 
+    def members(self) -> set[str]:
+        """The ``struct.member`` paths its captures read (their offsets come from BTF)."""
+        return {m for expr in self.capture.values() for m in members_of(expr)}
+
     def stops(self, read_values: bool = False) -> bool:
         """Whether this probe is a debugger stop (``read_values``: also inferred ones)."""
         return self.mode == "stop" or (read_values and bool(self.capture))
@@ -84,6 +89,9 @@ class _ProbeFile:
     probe: tuple[dict[str, object], ...]
     exit_codes: dict[str, str] = field(default_factory=dict)
     ec_handlers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: nVHE: the symbol whose EL2 address VBAR_EL2 holds while the host runs (the hyp
+    #: probes move by VBAR_EL2 minus its kernel address, docs/phases.md).
+    hyp_host_vector: str = "__kvm_nvhe___kvm_hyp_host_vector"
     cpucaps: _CpuCapsFile | None = None
 
 
@@ -136,6 +144,12 @@ class ProbeSet:
     decoder: ExitDecoder = field(default_factory=ExitDecoder)
     #: What boot-time alternatives patching does on tracekit's machines ([cpucaps]).
     cpucaps: CpuCaps = field(default_factory=CpuCaps)
+    #: nVHE: the symbol VBAR_EL2 points at while the host runs (_ProbeFile).
+    hyp_host_vector: str = "__kvm_nvhe___kvm_hyp_host_vector"
+
+    def btf_members(self) -> list[str]:
+        """Every struct member the set's captures read, for the kernel's BTF layout."""
+        return sorted({m for p in self.probes for m in p.members()})
 
 
 def load_probe_set(name_or_path: str = "linux-6.1", config_dir: Path | None = None) -> ProbeSet:
@@ -216,4 +230,6 @@ def load_probe_set(name_or_path: str = "linux-6.1", config_dir: Path | None = No
         ) from None
     if set(cpucaps.applied) & set(cpucaps.absent):
         raise ConfigError(f"{path}: [cpucaps] lists a cpucap as both applied and absent")
-    return ProbeSet(raw.kernel, raw.description, probes, str(path), decoder, cpucaps)
+    return ProbeSet(
+        raw.kernel, raw.description, probes, str(path), decoder, cpucaps, raw.hyp_host_vector
+    )

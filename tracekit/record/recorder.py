@@ -575,12 +575,12 @@ class Recorder:
         vbar = int(
             mi.command('-data-evaluate-expression "(unsigned long)$VBAR_EL2"').payload["value"]
         )
-        vector = self._symbols.address("__kvm_nvhe___kvm_hyp_host_vector")
+        host_vector = self._probe_set.hyp_host_vector  # kernel knowledge: the probe set's
+        vector = self._symbols.address(host_vector)
         delta = vbar - vector
         if vbar == 0 or (vbar & 0xFFF) != (vector & 0xFFF):
             raise VMError(
-                f"VBAR_EL2 {vbar:#x} is not the nVHE host vector "
-                f"(__kvm_nvhe___kvm_hyp_host_vector at {vector:#x})",
+                f"VBAR_EL2 {vbar:#x} is not the nVHE host vector ({host_vector} at {vector:#x})",
                 hint="is L1 really in nVHE mode? (kvm-arm.mode=nvhe)",
             )
         self._meta["hyp_va_delta"] = delta
