@@ -288,11 +288,17 @@ class ChainBuilder:
             and old.d_end is None
         )
 
+    def _park(self, ex: Exit) -> None:
+        earlier = self._parked.get(ex.vcpu)
+        if earlier is not None:  # its vCPU's entry was not seen (vCPU unknown): end it here
+            self._close_exit(earlier)
+        self._parked[ex.vcpu] = ex
+
     def _new_exit(self, ex: Exit) -> None:
         old = self._open_exit.get(ex.cpu)
         if old is not None:
             if self._in_d_of_another(old, ex.vcpu):
-                self._parked[old.vcpu] = old
+                self._park(old)
             else:
                 self._close_exit(old)
         self._open_exit[ex.cpu] = ex
@@ -389,7 +395,7 @@ class ChainBuilder:
         ex_open = self._open_exit.pop(cpu, None)
         if ex_open is not None:
             if self._in_d_of_another(ex_open, vcpu):
-                self._parked[ex_open.vcpu] = ex_open  # another vCPU enters on this CPU
+                self._park(ex_open)  # another vCPU enters on this CPU
             else:
                 ex_open.d_end = t
                 self._close_exit(ex_open)

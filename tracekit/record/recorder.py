@@ -686,20 +686,31 @@ class Recorder:
         last_update = 0.0
         while True:
             batch_start = time.monotonic()
-            for rec in mi.records(timeout=0.05):
-                last_progress = time.monotonic()
-                lost = self._handle_record(mi, rec)
-                if lost is not None:
-                    if truth is not None:
-                        return truth, "ground-truth"
-                    # GDB notices a dead QEMU first; name the real cause when it is that.
-                    with contextlib.suppress(VMError):
-                        qemu.wait(5.0)
-                    self._raise_qemu_exited(qemu, gdb_lost=lost)
-                # A busy guest keeps GDB talking without pause: hand control back to the
-                # rest of the loop (console, Ctrl-C, deadlines) at least every 100 ms.
-                if last_progress - batch_start > 0.1:
-                    break
+            try:
+                for rec in mi.records(timeout=0.05):
+                    last_progress = time.monotonic()
+                    lost = self._handle_record(mi, rec)
+                    if lost is not None:
+                        if truth is not None:
+                            return truth, "ground-truth"
+                        # GDB notices a dead QEMU first; name the real cause when it is that.
+                        with contextlib.suppress(VMError):
+                            qemu.wait(5.0)
+                        self._raise_qemu_exited(qemu, gdb_lost=lost)
+                    # A busy guest keeps GDB talking without pause: hand control back to
+                    # the rest of the loop (console, Ctrl-C, deadlines) at least every 100 ms.
+                    if last_progress - batch_start > 0.1:
+                        break
+            except DebuggerError:
+                # GDB can also simply exit when QEMU dies under it (its remote end closed):
+                # when QEMU is gone too, QEMU's exit is the cause to name, not GDB's.
+                if truth is not None:
+                    return truth, "ground-truth"
+                with contextlib.suppress(VMError):
+                    qemu.wait(5.0)
+                if qemu.poll() is not None:
+                    self._raise_qemu_exited(qemu)
+                raise
             for line in qemu.drain_lines():
                 last_progress = time.monotonic()
                 self.stats.console_tail = ([*self.stats.console_tail, line])[-8:]
