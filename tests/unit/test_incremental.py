@@ -30,7 +30,7 @@ def _fixture() -> tuple[list[RawEvent], dict[tuple[int, int], str]]:
     return events, classes
 
 
-def _key(c: Any, *, with_d: bool = True) -> tuple[Any, ...]:
+def _key(c: Any) -> tuple[Any, ...]:
     """Everything a chain says except its number (ids now count acknowledgements) and its
     source. The source rule changed on purpose: the batch code took the earliest source
     call since the last run-loop boundary on the queue's CPU (a guess that labelled irqfd
@@ -41,38 +41,23 @@ def _key(c: Any, *, with_d: bool = True) -> tuple[Any, ...]:
     return (
         c.intid,
         c.vcpu,
-        tuple(
-            sorted(
-                (p, s.start, s.end)
-                for p, s in c.phases.items()
-                if p != "A" and (with_d or p != "D")
-            )
-        ),
+        tuple(sorted((p, s.start, s.end) for p, s in c.phases.items() if p != "A")),
         c.phases["A"].end if "A" in c.phases else None,
         (c.ack.t, c.ack.cpu, c.ack.vcpu, c.ack.intid),
-        None
-        if ex is None
-        else (ex.cpu, ex.vcpu, ex.start, ex.handle_exit_t, ex.d_end if with_d else 0, ex.code),
+        None if ex is None else (ex.cpu, ex.vcpu, ex.start, ex.handle_exit_t, ex.d_end, ex.code),
         None if ent is None else (ent.cpu, ent.vcpu, ent.flush_t, ent.enter_t, ent.eret_t),
         c.lr,
         c.hw,
         c.exit_reason,
-        c.complete if with_d else None,
+        c.complete,
     )
 
 
-def _same(
-    events: list[RawEvent], classes: dict[tuple[int, int], str] | None, *, with_d: bool = True
-) -> list[Chain]:
-    """``with_d=False``: D is left out. The builder ends a handled exit's D at its own
-    vCPU's next flush on any CPU (a vCPU halts on one CPU and wakes on another); the batch
-    code ended it at the next flush of the exit's CPU. On the recorded fixture both agree;
-    on streams with events removed they may not, by design."""
+def _same(events: list[RawEvent], classes: dict[tuple[int, int], str] | None) -> list[Chain]:
     decoder = load_probe_set().decoder
     old = reference.reconstruct(events, decoder, "vhe", classes)
     new = reconstruct(events, decoder, "vhe")
-    key = lambda c: repr(_key(c, with_d=with_d))  # noqa: E731
-    assert sorted(map(key, new.chains)) == sorted(map(key, old.chains))
+    assert sorted(map(repr, map(_key, new.chains))) == sorted(map(repr, map(_key, old.chains)))
     assert new.unmatched_acks == old.unmatched_acks
     assert new.dropped_pending == 0
     assert len(new.exits) == len(old.exits) and len(new.entries) == len(old.entries)
@@ -93,9 +78,9 @@ def test_fixture_variants_identical_to_batch() -> None:
     """Perturbed streams exercise the waiting paths (missing erets, kicks, exits)."""
     events, classes = _fixture()
     for drop in ("eret", "kick", "flush", "guest_exit", "enter", "handle_exit", "vector_irq"):
-        _same([e for e in events if e.role != drop], classes, with_d=False)
-    _same(events[::2], None, with_d=False)
-    _same(events[1::3], None, with_d=False)
+        _same([e for e in events if e.role != drop], classes)
+    _same(events[::2], None)
+    _same(events[1::3], None)
 
 
 def test_synthetic_chains_identical_to_batch() -> None:

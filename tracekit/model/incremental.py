@@ -288,14 +288,6 @@ class ChainBuilder:
             and old.d_end is None
         )
 
-    def _release(self, old: Exit) -> None:
-        """``old`` leaves its CPU's slot: a handled exit still in its D waits for its own
-        vCPU's next flush (parked); any other exit is closed."""
-        if old.vcpu >= 0 and old.handle_exit_t is not None and old.d_end is None:
-            self._park(old)
-        else:
-            self._close_exit(old)
-
     def _park(self, ex: Exit) -> None:
         earlier = self._parked.get(ex.vcpu)
         if earlier is not None:  # its vCPU's entry was not seen (vCPU unknown): end it here
@@ -305,9 +297,10 @@ class ChainBuilder:
     def _new_exit(self, ex: Exit) -> None:
         old = self._open_exit.get(ex.cpu)
         if old is not None:
-            # A new exit on this CPU: a handled exit left here is another vCPU's (its own
-            # vCPU would have entered, and flushed, first).
-            self._release(old)
+            if self._in_d_of_another(old, ex.vcpu):
+                self._park(old)
+            else:
+                self._close_exit(old)
         self._open_exit[ex.cpu] = ex
         self._seq += 1
         s = ex.start
@@ -369,7 +362,7 @@ class ChainBuilder:
                 if self._open_exit.get(moved.cpu) is moved:
                     del self._open_exit[moved.cpu]
                 if ex_open is not None:
-                    self._release(ex_open)
+                    self._close_exit(ex_open)
                 self._open_exit[cpu] = ex_open = moved
         if ex_open is None or ex_open.handle_exit_t is not None:
             ex_open = Exit(cpu, -1, handle_exit_t=t)
