@@ -216,33 +216,3 @@ def test_an_exit_handled_on_another_cpu_keeps_its_d() -> None:
     assert c.complete, c.missing
     assert (c.phases["B"].start, c.phases["D"].start, c.phases["D"].end) == (1000, 3000, 3200)
     assert c.exit is not None and c.exit.cpu == 1 and c.exit.vcpu == 1
-
-
-def test_a_vcpu_that_halts_and_wakes_on_another_cpu_keeps_its_d() -> None:
-    """vCPU0 exits with WFI on CPU1 and sleeps in kvm_vcpu_halt; vCPU1 then runs on CPU1;
-    the timer wakes vCPU0, which enters again on CPU0. Its D ends at its own entry (CPU0),
-    not at vCPU1's flush on CPU1."""
-    events = [
-        ev(100, 1, "kvm_vgic_flush_hwstate", "flush", vcpu=0),
-        ev(200, 1, "guest_eret", "eret"),  # vCPU0 in the guest on CPU1
-        ev(1000, 1, "hyp_vector_sync", "vector_sync"),
-        ev(1016, 1, "guest_exit", "guest_exit"),
-        ev(1180, 1, "host_resume", "host_resume"),
-        ev(1300, 1, "handle_exit", "handle_exit", exit_code=2, esr=0x04000000, vcpu=0),
-        ev(2000, 1, "kvm_vgic_flush_hwstate", "flush", vcpu=1),  # vCPU1 runs on CPU1 now
-        ev(2200, 1, "enter_guest", "enter"),
-        ev(2400, 1, "guest_eret", "eret"),
-        ev(3000, 0, "kvm_timer_vcpu_load", "source_timer", frame=FRAME_A),  # vCPU0 wakes, CPU0
-        queue(3100, 0, 30, 0, {"kvm_timer_vcpu_load": (4, FRAME_A)}),
-        ev(3200, 0, "kvm_vcpu_kick", "kick", vcpu=0),
-        ev(3500, 0, "kvm_vgic_flush_hwstate", "flush", vcpu=0),
-        RawEvent(3600, 0, "gic", "gicv3_ich_lr_write", "lr_write", "",
-                 {"lr": 0, "vintid": 30, "state": 1, "hw": 0}),
-        ev(3800, 0, "enter_guest", "enter"),
-        ev(4000, 0, "guest_eret", "eret"),
-        RawEvent(4100, 0, "gic", "gicv3_icv_iar_read", "ack", "", {"intid": 30}),
-    ]  # fmt: skip
-    c = one_chain(events)
-    assert c.complete, c.missing
-    assert (c.phases["D"].start, c.phases["D"].end) == (1300, 3500)
-    assert c.exit is not None and (c.exit.cpu, c.exit.vcpu) == (1, 0)

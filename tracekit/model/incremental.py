@@ -147,10 +147,6 @@ class ChainBuilder:
         #: Per vCPU, its latest real exit not yet handled: handle_exit may run on another
         #: CPU (the thread is preemptible between the exit and handle_exit, arm.c).
         self._unhandled: dict[int, Exit] = {}
-        #: Per vCPU, a handled exit still in its D while its CPU went on with another vCPU
-        #: (the vCPU halted in WFI and its thread slept; it may wake on any CPU): the
-        #: vCPU's own next flush, wherever it runs, ends that D.
-        self._parked: dict[int, Exit] = {}
         self._open_entry: dict[int, Entry] = {}
         self._hist: dict[int, list[RawEvent]] = {}
         self._keys: dict[tuple[int, int], _KeyState] = {}
@@ -222,8 +218,6 @@ class ChainBuilder:
         for ex in sorted(self._open_exit.values(), key=lambda e: e.cpu):
             self.closed_exits.append(ex)
         self._open_exit.clear()
-        self.closed_exits.extend(self._parked.values())
-        self._parked.clear()
         for ent in sorted(self._open_entry.values(), key=lambda e: e.cpu):
             self.closed_entries.append(ent)
         self._open_entry.clear()
@@ -239,7 +233,7 @@ class ChainBuilder:
         lw = self.now
         for vt, _ in self._pending_vector.values():
             lw = min(lw, vt)
-        for ex in (*self._open_exit.values(), *self._parked.values()):
+        for ex in self._open_exit.values():
             s = ex.start
             if s is not None:
                 lw = min(lw, s)
@@ -277,30 +271,10 @@ class ChainBuilder:
 
     # -- per-CPU run loop (exits and entries) ------------------------------------------
 
-    def _in_d_of_another(self, old: Exit, vcpu: int | None) -> bool:
-        """``old`` is a handled exit still in its D, of a vCPU other than ``vcpu``."""
-        return (
-            vcpu is not None
-            and vcpu >= 0
-            and old.vcpu >= 0
-            and old.vcpu != vcpu
-            and old.handle_exit_t is not None
-            and old.d_end is None
-        )
-
-    def _park(self, ex: Exit) -> None:
-        earlier = self._parked.get(ex.vcpu)
-        if earlier is not None:  # its vCPU's entry was not seen (vCPU unknown): end it here
-            self._close_exit(earlier)
-        self._parked[ex.vcpu] = ex
-
     def _new_exit(self, ex: Exit) -> None:
         old = self._open_exit.get(ex.cpu)
         if old is not None:
-            if self._in_d_of_another(old, ex.vcpu):
-                self._park(old)
-            else:
-                self._close_exit(old)
+            self._close_exit(old)
         self._open_exit[ex.cpu] = ex
         self._seq += 1
         s = ex.start
@@ -391,18 +365,11 @@ class ChainBuilder:
 
     def _flush(self, ev: RawEvent) -> None:
         cpu, t = ev.cpu, ev.t
-        vcpu = ev.values.get("vcpu")
         ex_open = self._open_exit.pop(cpu, None)
         if ex_open is not None:
-            if self._in_d_of_another(ex_open, vcpu):
-                self._park(ex_open)  # another vCPU enters on this CPU
-            else:
-                ex_open.d_end = t
-                self._close_exit(ex_open)
-        parked = self._parked.pop(vcpu, None) if vcpu is not None else None
-        if parked is not None and parked is not ex_open:
-            parked.d_end = t  # the halted vCPU's own entry, on whatever CPU it woke
-            self._close_exit(parked)
+            ex_open.d_end = t
+            self._close_exit(ex_open)
+        vcpu = ev.values.get("vcpu")
         ent = Entry(cpu, vcpu if vcpu is not None else -1, t)
         old = self._open_entry.get(cpu)
         if old is not None:
@@ -656,9 +623,7 @@ class ChainBuilder:
         q = p.q
         if q is not None and (q.a_end is None or not q.trap_done):
             return False
-        if p.exit is not None and (
-            self._open_exit.get(p.exit.cpu) is p.exit or self._parked.get(p.exit.vcpu) is p.exit
-        ):
+        if p.exit is not None and self._open_exit.get(p.exit.cpu) is p.exit:
             return False
         # Without a delivering entry, E ends at the entry's enter, which may still come.
         return not (
