@@ -514,21 +514,25 @@ def build_extra_kernel(
     )
 
 
+def _kernel_fields(kmeta: Mapping[str, str | int]) -> dict[str, Any]:
+    """GuestAssets' kernel fields from a kernel directory's KERNEL_META record."""
+    return {
+        "kernel_package": str(kmeta["package"]),
+        "kernel_version": str(kmeta["version"]),
+        "kernel_release": str(kmeta["release"]),
+        "kernel_family": str(kmeta["family"]),
+        "kernel_banner": str(kmeta["banner"]),
+        "image": str(kmeta["image"]),
+        "kernel_config": str(kmeta["config"]),
+        "symbols": str(kmeta["symbols"]),
+        "layout": str(kmeta["layout"]),
+        "symbol_count": int(kmeta["symbol_count"]),
+    }
+
+
 def with_kernel(assets: GuestAssets, kmeta: Mapping[str, str | int]) -> GuestAssets:
     """The same guest stack with another kernel (the initramfs does not depend on it)."""
-    return dataclasses.replace(
-        assets,
-        kernel_package=str(kmeta["package"]),
-        kernel_version=str(kmeta["version"]),
-        kernel_release=str(kmeta["release"]),
-        kernel_family=str(kmeta["family"]),
-        kernel_banner=str(kmeta["banner"]),
-        image=str(kmeta["image"]),
-        kernel_config=str(kmeta["config"]),
-        symbols=str(kmeta["symbols"]),
-        layout=str(kmeta["layout"]),
-        symbol_count=int(kmeta["symbol_count"]),
-    )
+    return dataclasses.replace(assets, **_kernel_fields(kmeta))
 
 
 def assets_for_kernel(
@@ -576,16 +580,7 @@ def build_assets(
     _, vmm = _build_vmm(guest, tools, cache, force, report)
     initrd = _build_initramfs(guest, busybox, vmm, cache, force, report)
     assets = GuestAssets(
-        kernel_package=str(kmeta["package"]),
-        kernel_version=str(kmeta["version"]),
-        kernel_release=str(kmeta["release"]),
-        kernel_family=str(kmeta["family"]),
-        kernel_banner=str(kmeta["banner"]),
-        image=str(kmeta["image"]),
-        kernel_config=str(kmeta["config"]),
-        symbols=str(kmeta["symbols"]),
-        layout=str(kmeta["layout"]),
-        symbol_count=int(kmeta["symbol_count"]),
+        **_kernel_fields(kmeta),
         busybox_version=bb_version,
         vmm=str(vmm),
         vmm_hash=_vmm_hash(guest),

@@ -110,39 +110,14 @@ def check_probes(
     text = running_text(image, symbols, pset.cpucaps)  # instructions as the kernel runs them
     for spec in pset.probes:
         captures = tuple(_capture(n, e, member_info) for n, e in spec.capture.items())
+        head = (spec.name, spec.phase, spec.role, spec.mode, spec.kvm_modes, spec.required)
         try:
             probe, _ = _resolve_one(spec, symbols, text, offset_of, read_values=True)
         except (SymbolError, ConfigError) as exc:
-            reports.append(
-                ProbeReport(
-                    spec.name,
-                    spec.phase,
-                    spec.role,
-                    spec.mode,
-                    spec.kvm_modes,
-                    spec.required,
-                    None,
-                    "",
-                    "",
-                    captures,
-                    exc.message,
-                )
-            )
+            reports.append(ProbeReport(*head, None, "", "", captures, exc.message))
             continue
-        reports.append(
-            ProbeReport(
-                spec.name,
-                spec.phase,
-                spec.role,
-                spec.mode,
-                spec.kvm_modes,
-                spec.required,
-                probe.address,
-                probe.location,
-                _found_by(spec, probe),
-                captures,
-            )
-        )
+        where = (probe.address, probe.location, _found_by(spec, probe))
+        reports.append(ProbeReport(*head, *where, captures))
     return reports
 
 
