@@ -425,6 +425,25 @@ class _Exporter:
             if last is None or s.end > last:
                 last = s.end
         assert first is not None and last is not None  # spans is not empty
+        d = spans.get("D")
+        if d is not None and not ex.d_on_one_cpu and ex.vcpu >= 0:
+            # The vCPU's thread slept in its handler (WFI) or migrated: its CPU ran other
+            # vCPUs during D, so D goes on the vCPU's own track (the vCPU is out of the
+            # guest then) and the CPU's exit slice covers B and C only.
+            del spans["D"]
+            args["d_l1_cpus"] = f"CPU{ex.handle_cpu} -> CPU{ex.d_cpu}"
+            if spans:
+                first = min(s.start for s in spans.values())
+                last = max(s.end for s in spans.values())
+            else:
+                first = last = d.start  # no B or C seen: a mark where handle_exit ran
+            self._vcpu(ex.vcpu).slice(
+                next(self._order), d.start, d.end,
+                f"{PHASE_TITLES['D']}: {reason} (L1 CPU{ex.handle_cpu} -> CPU{ex.d_cpu})",
+                {"vcpu": ex.vcpu, "l1_cpu": ex.handle_cpu, "d_end_l1_cpu": ex.d_cpu,
+                 "cpu_taken_ns": None if ex.cpu_taken_t is None else ex.cpu_taken_t - d.start},
+                (), True,
+            )  # fmt: skip
         nest.slice(
             next(self._order),
             first,

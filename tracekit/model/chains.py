@@ -75,6 +75,13 @@ class Exit:
     code: int | None = None
     esr: int | None = None
     handler_probe: str = ""
+    #: The CPU that ran handle_exit (another one if the thread migrated after the exit).
+    handle_cpu: int | None = None
+    #: The CPU whose flush ended D (the vCPU's next entry: another CPU if its thread
+    #: slept in the handler and woke elsewhere).
+    d_cpu: int | None = None
+    #: When this exit's CPU went on with another vCPU while D was still running.
+    cpu_taken_t: int | None = None
 
     @property
     def start(self) -> int | None:
@@ -100,6 +107,16 @@ class Exit:
         if self.handle_exit_t is not None and self.d_end is not None:
             out["D"] = Span(self.handle_exit_t, self.d_end)
         return out
+
+    @property
+    def d_on_one_cpu(self) -> bool:
+        """D ran on the exit's own CPU with nothing else in between (the common case);
+        otherwise the vCPU's thread moved or slept and that CPU ran other vCPUs meanwhile."""
+        return (
+            self.cpu_taken_t is None
+            and self.handle_cpu in (None, self.cpu)
+            and self.d_cpu in (None, self.cpu)
+        )
 
 
 @dataclass

@@ -399,6 +399,13 @@ def explain_chain(index: TraceIndex, chain_id: int, names: Mapping[str, str]) ->
         if "D" in ph:
             d = ph["D"]
             he = w.first(cpu, d.start, d.start, "handle_exit")
+            if he is None:
+                # The vCPU thread migrated between the world switch and handle_exit.
+                for other in index.probe:
+                    he = w.first(other, d.start, d.start, "handle_exit")
+                    if he is not None:
+                        cpu = other
+                        break
             reason = d.name.removeprefix("D handle_exit").strip(" ()")
             code, _, handler_name = reason.partition(" -> ")
             w.add(

@@ -143,10 +143,21 @@ class ChainBuilder:
         self._seq = 0
         self._chain_ids = 0
         self._pending_vector: dict[int, tuple[int, str]] = {}
-        self._open_exit: dict[int, Exit] = {}
-        #: Per vCPU, its latest real exit not yet handled: handle_exit may run on another
-        #: CPU (the thread is preemptible between the exit and handle_exit, arm.c).
-        self._unhandled: dict[int, Exit] = {}
+        # Exits belong to their vCPU, not to a CPU: the vCPU thread is preemptible between
+        # its world switch and handle_exit, and a vCPU that blocks in its exit handler
+        # (WFI: kvm_handle_wfx -> kvm_vcpu_block, arch/arm64/kvm/handle_exit.c) sleeps
+        # and may wake on any CPU, while its old CPU runs other vCPUs (arm.c,
+        # kvm_arch_vcpu_ioctl_run). Its D ends at its own next flush, wherever that runs.
+        #: Per vCPU, its open exit (not handled yet, or handled and still in its D).
+        self._open_by_vcpu: dict[int, Exit] = {}
+        #: Per CPU, an open exit whose vCPU is not known (no eret seen on that CPU yet and
+        #: no vCPU in handle_exit's values): its CPU's next flush ends it.
+        self._open_anon: dict[int, Exit] = {}
+        #: Per CPU, the exit it is forming (hyp vector .. handle_exit): guest_exit and
+        #: host_resume carry no vCPU, they run in one preemption-disabled stretch.
+        self._forming: dict[int, Exit] = {}
+        #: Per CPU, the exit it handled last (its ESR-class handler follows on that CPU).
+        self._handled_here: dict[int, Exit] = {}
         self._open_entry: dict[int, Entry] = {}
         self._hist: dict[int, list[RawEvent]] = {}
         self._keys: dict[tuple[int, int], _KeyState] = {}
@@ -215,9 +226,12 @@ class ChainBuilder:
         self._a_watch.clear()
         self._pending_vector.clear()
         self._resolve_traps(final=True)
-        for ex in sorted(self._open_exit.values(), key=lambda e: e.cpu):
+        for ex in sorted(self._open_exits(), key=lambda e: (e.cpu, e.vcpu)):
             self.closed_exits.append(ex)
-        self._open_exit.clear()
+        self._open_by_vcpu.clear()
+        self._open_anon.clear()
+        self._forming.clear()
+        self._handled_here.clear()
         for ent in sorted(self._open_entry.values(), key=lambda e: e.cpu):
             self.closed_entries.append(ent)
         self._open_entry.clear()
@@ -233,7 +247,7 @@ class ChainBuilder:
         lw = self.now
         for vt, _ in self._pending_vector.values():
             lw = min(lw, vt)
-        for ex in self._open_exit.values():
+        for ex in self._open_exits():
             s = ex.start
             if s is not None:
                 lw = min(lw, s)
@@ -271,24 +285,43 @@ class ChainBuilder:
 
     # -- per-CPU run loop (exits and entries) ------------------------------------------
 
+    def _open_exits(self) -> list[Exit]:
+        return [*self._open_by_vcpu.values(), *self._open_anon.values()]
+
+    def _is_open(self, ex: Exit) -> bool:
+        return self._open_by_vcpu.get(ex.vcpu) is ex or self._open_anon.get(ex.cpu) is ex
+
     def _new_exit(self, ex: Exit) -> None:
-        old = self._open_exit.get(ex.cpu)
-        if old is not None:
+        cpu = ex.cpu
+        old = self._forming.get(cpu)
+        if old is not None and old.vcpu < 0 and self._open_anon.get(cpu) is old:
+            del self._open_anon[cpu]  # an exit of an unknown vCPU that never got handled
             self._close_exit(old)
-        self._open_exit[ex.cpu] = ex
+        self._forming[cpu] = ex
+        self._own(ex)
         self._seq += 1
         s = ex.start
         if s is not None:
-            lst = self._exits_by_start.setdefault(ex.cpu, [])
+            lst = self._exits_by_start.setdefault(cpu, [])
             item = (s, self._seq, ex)
             if lst and lst[-1][:2] > item[:2]:
                 bisect.insort(lst, item, key=lambda i: i[:2])
             else:
                 lst.append(item)
             if len(lst) > _PRUNE_AT:
-                self._prune_exits_by_start(ex.cpu)
+                self._prune_exits_by_start(cpu)
         if self.keep_all:
             self.all_exits.append(ex)
+
+    def _own(self, ex: Exit) -> None:
+        """Make ``ex`` its vCPU's open exit; an older one still open missed its flush."""
+        if ex.vcpu < 0:
+            self._open_anon[ex.cpu] = ex
+            return
+        prev = self._open_by_vcpu.get(ex.vcpu)
+        if prev is not None and prev is not ex:
+            self._close_exit(prev)
+        self._open_by_vcpu[ex.vcpu] = ex
 
     def _close_exit(self, ex: Exit) -> None:
         self.closed_exits.append(ex)
@@ -308,12 +341,10 @@ class ChainBuilder:
         if vec is not None:
             ex.vector_t, ex.vector = vec
         self._new_exit(ex)
-        if ex.vcpu >= 0:
-            self._unhandled[ex.vcpu] = ex
 
     def _host_resume(self, ev: RawEvent) -> None:
         cpu, t = ev.cpu, ev.t
-        ex_open = self._open_exit.get(cpu)
+        ex_open = self._forming.get(cpu)
         if ex_open is None or ex_open.host_resume_t is not None:
             # __guest_enter returned early (interrupt pending): no eret, no exception.
             ex_open = Exit(cpu, self.running.get(cpu, -1), host_resume_t=t)
@@ -322,54 +353,86 @@ class ChainBuilder:
 
     def _handle_exit(self, ev: RawEvent) -> None:
         cpu, t = ev.cpu, ev.t
-        ex_open = self._open_exit.get(cpu)
-        vcpu_here = ev.values.get("vcpu")
-        if vcpu_here is not None and (
-            ex_open is None
-            or ex_open.handle_exit_t is not None
-            or ex_open.vcpu not in (-1, vcpu_here)
-        ):
-            moved = self._unhandled.get(vcpu_here)
-            if moved is not None and moved.cpu != cpu and moved.handle_exit_t is None:
-                # The vCPU's thread migrated between its exit and handle_exit: that exit
-                # goes on here, and this CPU's next flush ends its D.
-                if self._open_exit.get(moved.cpu) is moved:
-                    del self._open_exit[moved.cpu]
-                if ex_open is not None:
-                    self._close_exit(ex_open)
-                self._open_exit[cpu] = ex_open = moved
-        if ex_open is None or ex_open.handle_exit_t is not None:
-            ex_open = Exit(cpu, -1, handle_exit_t=t)
-            self._new_exit(ex_open)
-        ex_open.handle_exit_t = t
         values = ev.values
-        ex_open.code = values.get("exit_code")
-        ex_open.esr = values.get("esr")
         vcpu = values.get("vcpu")
-        if vcpu is not None:
-            ex_open.vcpu = vcpu
-        if self._unhandled.get(ex_open.vcpu) is ex_open:
-            del self._unhandled[ex_open.vcpu]
-        if ex_open.guest_exit_t is not None:
+        ex = self._forming.get(cpu)
+        if ex is not None and vcpu is not None and ex.vcpu not in (-1, vcpu):
+            ex = None  # this CPU formed another vCPU's exit; that one is handled elsewhere
+        if ex is None and vcpu is not None:
+            # The vCPU's thread migrated between its exit and handle_exit (arm.c enables
+            # preemption before handle_exit): its exit formed on another CPU goes on here.
+            moved = self._open_by_vcpu.get(vcpu)
+            if moved is not None and moved.handle_exit_t is None:
+                ex = moved
+                if self._forming.get(moved.cpu) is moved:
+                    del self._forming[moved.cpu]
+        if ex is None:
+            ex = Exit(cpu, -1 if vcpu is None else vcpu, handle_exit_t=t)
+            self._new_exit(ex)
+        if self._forming.get(cpu) is ex:
+            del self._forming[cpu]
+        self._cpu_taken(cpu, ex, t)
+        ex.handle_exit_t, ex.handle_cpu = t, cpu
+        ex.code = values.get("exit_code")
+        ex.esr = values.get("esr")
+        if vcpu is not None and ex.vcpu != vcpu:
+            if self._open_anon.get(ex.cpu) is ex:
+                del self._open_anon[ex.cpu]
+            ex.vcpu = vcpu
+            self._own(ex)
+        self._handled_here[cpu] = ex
+        if ex.guest_exit_t is not None:
             # A real exit; an early return of __guest_enter has no guest_exit.
-            hl = self._handled.setdefault(ex_open.vcpu, [])
+            hl = self._handled.setdefault(ex.vcpu, [])
             self._seq += 1
-            hl.append((t, self._seq, ex_open))
+            hl.append((t, self._seq, ex))
             if len(hl) > _PRUNE_AT:
-                self._prune_vcpu(ex_open.vcpu)
+                self._prune_vcpu(ex.vcpu)
+
+    def _cpu_taken(self, cpu: int, by: Exit | None, t: int) -> None:
+        """``cpu`` goes on with ``by`` (None: an entry of another vCPU): the exit it handled
+        last, if still in its D, leaves the CPU (the exporter draws the rest of its D on
+        the vCPU's track)."""
+        last = self._handled_here.get(cpu)
+        if last is None or last is by:
+            return
+        del self._handled_here[cpu]
+        if last.d_end is None and last.cpu_taken_t is None and self._is_open(last):
+            last.cpu_taken_t = t
 
     def _exit_handler(self, ev: RawEvent) -> None:
-        ex_open = self._open_exit.get(ev.cpu)
-        if ex_open is not None and ex_open.handle_exit_t is not None and not ex_open.handler_probe:
-            ex_open.handler_probe = ev.name
+        ex = self._handled_here.get(ev.cpu)
+        if ex is not None and not ex.handler_probe:
+            ex.handler_probe = ev.name
 
     def _flush(self, ev: RawEvent) -> None:
         cpu, t = ev.cpu, ev.t
-        ex_open = self._open_exit.pop(cpu, None)
-        if ex_open is not None:
-            ex_open.d_end = t
-            self._close_exit(ex_open)
         vcpu = ev.values.get("vcpu")
+        ending: list[Exit] = []
+        if vcpu is not None:
+            mine = self._open_by_vcpu.get(vcpu)
+            if mine is not None:
+                del self._open_by_vcpu[vcpu]
+                ending.append(mine)
+            last = self._handled_here.get(cpu)
+            if last is not None and last.vcpu != vcpu:
+                self._cpu_taken(cpu, None, t)
+        else:
+            # No vCPU in the flush's values: the CPU rule (the exit this CPU handled last).
+            last = self._handled_here.get(cpu) or self._forming.get(cpu)
+            if last is not None and self._open_by_vcpu.get(last.vcpu) is last:
+                del self._open_by_vcpu[last.vcpu]
+                ending.append(last)
+        anon = self._open_anon.pop(cpu, None)
+        if anon is not None:
+            ending.append(anon)
+        for ex in ending:
+            ex.d_end, ex.d_cpu = t, cpu
+            if self._forming.get(ex.cpu) is ex:
+                del self._forming[ex.cpu]
+            if self._handled_here.get(cpu) is ex:
+                del self._handled_here[cpu]
+            self._close_exit(ex)
         ent = Entry(cpu, vcpu if vcpu is not None else -1, t)
         old = self._open_entry.get(cpu)
         if old is not None:
@@ -623,7 +686,7 @@ class ChainBuilder:
         q = p.q
         if q is not None and (q.a_end is None or not q.trap_done):
             return False
-        if p.exit is not None and self._open_exit.get(p.exit.cpu) is p.exit:
+        if p.exit is not None and p.exit.d_end is None and self._is_open(p.exit):
             return False
         # Without a delivering entry, E ends at the entry's enter, which may still come.
         return not (
