@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup setup-test demo test lint typecheck unit integration e2e bench clean
+.PHONY: setup setup-test demo test lint typecheck unit fakepeer integration e2e bench clean
 
 setup:
 	@scripts/setup.sh
@@ -16,9 +16,9 @@ setup-test:
 demo: setup
 	$(VENV)/tracekit record -o out/demo.pftrace
 
-## Everything: lint, type check, then every test tier (unit, integration, e2e).
+## Everything: lint, type check, then every test tier (unit, fakepeer, integration, e2e).
 test: setup-test lint typecheck
-	$(VENV)/pytest -m "unit or integration or e2e" tests
+	$(VENV)/pytest -m "unit or fakepeer or integration or e2e" tests
 
 lint:
 	$(VENV)/ruff check tracekit tests
@@ -29,6 +29,10 @@ typecheck:
 
 unit:
 	$(VENV)/pytest -m unit tests
+
+## The recorder's stop handling and fault paths against fake peers (tests/fakepeer).
+fakepeer:
+	$(VENV)/pytest -m fakepeer tests
 
 integration:
 	$(VENV)/pytest -m integration tests

@@ -1,8 +1,8 @@
 """Test tiers and shared fixtures.
 
-Every test carries exactly one tier marker (unit, integration, e2e); `make test` runs all
-three. A missing dependency (guest assets, QEMU, GDB) fails the test with the command that
-fixes it; nothing is skipped silently.
+Every test carries exactly one tier marker (unit, fakepeer, integration, e2e); `make test`
+runs all four. A missing dependency (guest assets, QEMU, GDB) fails the test with the
+command that fixes it; nothing is skipped silently.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-TIERS = ("unit", "integration", "e2e")
+TIERS = ("unit", "fakepeer", "integration", "e2e")
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -21,7 +21,8 @@ from tracekit.config import MachineProfile, ToolPaths, load_scenarios
 from tracekit.errors import TracekitError
 from tracekit.guest.assets import GuestAssets
 from tracekit.guest.runner import ScenarioRequest, run_scenario
-from tracekit.record.recorder import Recorder, RecordOptions
+from tracekit.record.options import RecordOptions
+from tracekit.record.recorder import Recorder
 
 __all__ = ["TARGETS", "bench_export", "run_bench"]
 

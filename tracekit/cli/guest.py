@@ -126,7 +126,7 @@ def _debug_lines(
     from tracekit.guest.debuginfo import build_lines, load_lines
     from tracekit.probes.select import choose_probe_set
     from tracekit.probes.spec import load_probe_set
-    from tracekit.record.recorder import resolve_for
+    from tracekit.record.resolve import resolve_for
 
     if assets.kernel_package == "custom":
         from tracekit.errors import GuestBuildError

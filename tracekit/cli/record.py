@@ -15,7 +15,7 @@ from rich.text import Text
 from tracekit.cli.options import scenario_options
 from tracekit.config import load_guest_config, load_machine, load_scenarios, load_tools
 from tracekit.errors import GroundTruthError, Interrupted, TracekitError, VMError
-from tracekit.record.recorder import LiveStats
+from tracekit.record.options import LiveStats
 
 __all__ = ["record", "render_live"]
 
@@ -125,8 +125,9 @@ def record(
     from tracekit.guest.runner import validate_request
     from tracekit.model.summary import summarize
     from tracekit.probes.select import choose_probe_set
+    from tracekit.record.options import RecordOptions
     from tracekit.record.pipeline import export_raw
-    from tracekit.record.recorder import Recorder, RecordOptions
+    from tracekit.record.recorder import Recorder
     from tracekit.render.summary import render_summary
 
     catalog = load_scenarios()

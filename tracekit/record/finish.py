@@ -1,0 +1,51 @@
+"""Step 6, merge: the raw files -> ``events.jsonl`` (pipeline.remerge: merge.py, then the
+inferred values) and ``meta.json``; the :class:`RecordResult` handed back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tracekit.errors import TracekitError
+from tracekit.model.ground_truth import GroundTruth
+from tracekit.record.metadata import merge_meta
+from tracekit.record.options import RecordResult
+from tracekit.record.pipeline import remerge
+
+__all__ = ["incomplete_reason", "merge_recording"]
+
+
+def incomplete_reason(
+    ended_by: str, truth: GroundTruth | None, incomplete: str | None
+) -> str | None:
+    """Why the recording does not count as complete (None: it does)."""
+    if ended_by == "interrupted" and incomplete is None:
+        return "interrupted by the user (Ctrl-C)"
+    if truth is None and incomplete is None:
+        return f"recording ended ({ended_by}) before the workload's ground truth"
+    return incomplete
+
+
+def merge_recording(
+    output: Path,
+    raw_dir: Path,
+    meta: dict[str, Any],
+    truth: GroundTruth | None,
+    error: TracekitError | None = None,
+) -> RecordResult:
+    events, mstats = remerge(raw_dir, meta)
+    meta["merge"] = merge_meta(mstats)
+    incomplete: str | None = meta["incomplete_reason"]
+    if mstats.log.unattributed_vcpu and incomplete is None:
+        # Those lines may carry another vCPU's number: chains built on them could be
+        # silently wrong, so the recording does not count as complete.
+        incomplete = (
+            f"{mstats.log.unattributed_vcpu} plugin stamps could not name the running vCPU"
+            " (this QEMU does not export current_cpu; see docs/timebase.md)"
+        )
+        meta["incomplete_reason"] = incomplete
+    (raw_dir / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    return RecordResult(
+        output, raw_dir, events, truth, meta, mstats, str(meta["ended_by"]), incomplete, error
+    )
