@@ -84,7 +84,7 @@ class GdbDebugger:
 
     def evaluate(self, expression: str) -> str:
         rec = self._mi.command(f'-data-evaluate-expression "{expression}"')
-        return str(rec.payload["value"])
+        return str(rec.payload.get("value", "")) if isinstance(rec.payload, dict) else ""
 
     def read_and_resume(self, expressions: Sequence[str], resume_at: int | None = None) -> int:
         # One MI command for all values (an array literal) and one write for the whole
