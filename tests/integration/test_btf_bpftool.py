@@ -140,14 +140,18 @@ def _kernels(guest_assets: Any) -> list[Path]:
 def test_layout_equals_bpftool_on_the_cached_kernels(guest_assets, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from tracekit.probes.spec import load_probe_set
 
-    bpftool = _bpftool()
+    _bpftool()  # fails, never skips, without it
+    # A literal argv: tests/integration/test_host_packages.py finds the program here and
+    # checks that set-up installs its package. Debian puts bpftool in /usr/sbin.
+    env = {**os.environ, "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"}
     kernels = _kernels(guest_assets)
     for kdir in kernels:
         image = kdir / "Image"
         blob = btf.find_btf_blob(image.read_bytes())
         (tmp_path / "vmlinux.btf").write_bytes(blob)
         dump = subprocess.run(
-            [bpftool, "-j", "btf", "dump", "file", str(tmp_path / "vmlinux.btf")],
+            ["bpftool", "-j", "btf", "dump", "file", str(tmp_path / "vmlinux.btf")],
+            env=env,
             capture_output=True,
             text=True,
             check=True,
