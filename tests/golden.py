@@ -1,8 +1,10 @@
-"""Regenerate golden files: `.venv/bin/python tests/golden.py` (review the diff!)."""
+"""Regenerate golden files: `.venv/bin/python tests/golden.py` (review the diff!).
+
+What each golden is: tests/data/golden/README.md.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import sys
 from pathlib import Path
@@ -10,7 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from rich.console import Console
 
-from tests.unit.test_export_and_summary import GOLDEN, build
+from tests.unit.test_export_and_summary import GOLDEN, TRACE_GOLDEN, build
+from tracekit.export.dump import dump_trace
 from tracekit.export.reader import parse_trace
 from tracekit.model.summary import summarize
 from tracekit.render.summary import render_summary
@@ -18,7 +21,7 @@ from tracekit.render.summary import render_summary
 if __name__ == "__main__":
     GOLDEN.mkdir(parents=True, exist_ok=True)
     data = build()
-    (GOLDEN / "mixed5.pftrace.sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
+    TRACE_GOLDEN.write_text(dump_trace(parse_trace(data)))
     console = Console(width=100, file=io.StringIO(), force_terminal=False, color_system=None)
     console.print(render_summary(summarize(parse_trace(data))))
     (GOLDEN / "mixed5.summary.txt").write_text(console.file.getvalue())  # type: ignore[attr-defined]

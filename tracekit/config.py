@@ -3,6 +3,12 @@
 Every loader is strict: an unknown key, a missing key or a value of the wrong type is a
 :class:`~tracekit.errors.ConfigError` that names the file, the key and the fix ("did you
 mean ...?"). Objects are passed explicitly; nothing here is a module-level singleton.
+
+One module on purpose, though over 400 lines: it is the one strict converter
+(:func:`from_mapping`) and, section by section, the small typed schema and loader of each
+file in ``configs/`` (machines, guest, scenarios, tools, study-note names). Every schema
+is a few dozen lines that only make sense next to the converter's rules, and callers
+import them all from ``tracekit.config``.
 """
 
 from __future__ import annotations

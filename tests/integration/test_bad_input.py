@@ -124,11 +124,11 @@ def test_kernel_without_kvm_is_refused(tmp_path: Path, guest_assets, monkeypatch
     """The real Image and parser; KVM's symbols are asked under names it does not have."""
     from tracekit.config import load_guest_config
     from tracekit.errors import KernelImageError
-    from tracekit.guest import assets
+    from tracekit.guest import kernel
 
-    monkeypatch.setattr(assets, "KVM_SYMBOLS", ("kvm_arch_vcpu_ioctl_run_missing",))
+    monkeypatch.setattr(kernel, "KVM_SYMBOLS", ("kvm_arch_vcpu_ioctl_run_missing",))
     with pytest.raises(KernelImageError, match=r"has no KVM .*CONFIG_KVM=y"):
-        assets._build_kernel_from_file(
+        kernel.build_kernel_from_file(
             guest_assets.image_path, load_guest_config(), tmp_path, True, lambda _m: None
         )
 

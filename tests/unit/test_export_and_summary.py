@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
+import difflib
 import io
+import itertools
 import json
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from tracekit.export.dump import dump_trace
 from tracekit.export.perfetto import export_trace
-from tracekit.export.reader import parse_trace
+from tracekit.export.reader import ParsedTrace, Placement, TrackInfo, parse_trace
 from tracekit.model.events import read_events
 from tracekit.model.incremental import reconstruct
 from tracekit.model.summary import summarize
+from tracekit.model.trace import Slice
 from tracekit.probes.spec import load_probe_set
 from tracekit.render.summary import render_summary
 
@@ -23,6 +26,10 @@ pytestmark = pytest.mark.unit
 DATA = Path(__file__).parents[1] / "data"
 RAW = DATA / "raw" / "mixed5"
 GOLDEN = DATA / "golden"
+#: The exporter's golden: ``dump_trace`` of the mixed5 trace (tests/data/golden/README.md).
+TRACE_GOLDEN = GOLDEN / "mixed5.trace.txt"
+#: Lines of unified diff shown when the dump differs from the golden.
+DIFF_LINES = 80
 
 
 def build() -> bytes:
@@ -54,9 +61,97 @@ def test_trace_is_well_formed() -> None:
 def test_export_is_deterministic_golden() -> None:
     data = build()
     assert data == build()
-    digest = hashlib.sha256(data).hexdigest()
-    expected = (GOLDEN / "mixed5.pftrace.sha256").read_text().strip()
-    assert digest == expected, "exporter output changed; regenerate with tests/golden.py"
+    got = dump_trace(parse_trace(data))
+    expected = TRACE_GOLDEN.read_text()
+    if got != expected:
+        diff = difflib.unified_diff(
+            expected.splitlines(), got.splitlines(), str(TRACE_GOLDEN.name), "now", lineterm=""
+        )
+        shown = list(itertools.islice(diff, DIFF_LINES))
+        pytest.fail(
+            "exporter output changed; if the change is meant, review it and regenerate with "
+            "`.venv/bin/python tests/golden.py`. First differences:\n" + "\n".join(shown),
+            pytrace=False,
+        )
+
+
+def _placed(
+    track: int, packet: int, flows: tuple[int, ...] = (), ends: tuple[int, ...] = ()
+) -> Placement:
+    return Placement(track, packet, flows, ends)
+
+
+def test_dump_nests_groups_flows_and_summarizes_long_counters() -> None:
+    content = ParsedTrace(packets=12, flows_started={7, 8}, flows_terminated={7})
+    content.track_info = {
+        1: TrackInfo("zeta", None, 0, True, False),
+        2: TrackInfo("alpha", None, 0, True, False),
+        3: TrackInfo("cpu", 1, 1, False, False),
+        4: TrackInfo("first", 1, 0, False, False),
+        5: TrackInfo("rate", 2, 0, False, True),
+        6: TrackInfo("orphan", None, 0, False, False),
+    }
+    content.tracks = {u: t.name for u, t in content.track_info.items()}
+    content.slices = [
+        Slice("cpu", "inner", 12, 15, {}, 1),  # ends first: the reader's order
+        Slice("cpu", "outer", 10, 20, {"n": 1, "meta": '{"b": [1], "a": "x"}'}, 0),
+    ]
+    content.slice_places = [_placed(3, 5, (8,)), _placed(3, 4, (7,))]
+    content.instants = [Slice("cpu", "mark", 14, 14, {"s": "q"}, 2)]
+    content.instant_places = [_placed(3, 6, (), (7,))]
+    content.counters = {"rate": [(t, float(t % 3)) for t in range(10)]}
+    content.counter_uuids = {"rate": 5}
+    text = dump_trace(content, counter_limit=4)
+    lines = text.splitlines()
+    assert lines[:3] == [
+        "# tracekit trace dump (format: tracekit/export/dump.py)",
+        "# 12 packets, 6 tracks, 2 slices, 1 instants, 10 counter values, 2 flows",
+        "problems: 0",
+    ]
+    body = lines[3:]
+    # Groups by name, tracks by rank; the process tracks are headings only.
+    heads = [x for x in body if not x.startswith("    ")]
+    assert heads[:6] == [
+        'group "alpha"',
+        '  counter "rate" rank 0: 10 values',
+        'group "zeta"',
+        '  track "first" rank 0 (empty)',
+        '  track "cpu" rank 1',
+        "group (none)",
+    ]
+    i = body.index('  track "cpu" rank 1')
+    assert body[i + 1 : i + 9] == [
+        "    10 +10 outer {meta=(JSON below), n=1} [flow 0x7]",
+        "      meta =",
+        "        {",
+        '         "a": "x",',
+        '         "b": [',
+        "          1",
+        "         ]",
+        "        }",
+    ]
+    assert body[i + 9 : i + 11] == [
+        "      12 +3 inner [flow 0x8]",
+        '        14 instant mark {s="q"} [ends flow 0x7]',
+    ]
+    j = body.index('  counter "rate" rank 0: 10 values')
+    assert body[j + 1 : j + 6] == [
+        "    0 0.0",
+        "    1 1.0",
+        "    ... 6 values (min 0.0, max 2.0)",
+        "    8 2.0",
+        "    9 0.0",
+    ]
+    assert lines[-8:] == [
+        '  track "orphan" rank 0 (empty)',
+        "flows (2)",
+        "  flow 0x7: 2 events",
+        '    from 10 "cpu" outer',
+        '    to   14 "cpu" mark',
+        "  flow 0x8: 1 events",
+        '    from 12 "cpu" inner',
+        "    never ends",
+    ]
 
 
 def test_summary_json_and_rendering_golden() -> None:

@@ -155,13 +155,31 @@ def test_unsorted_input_is_refused() -> None:
 
 
 def test_synthetic_events_equal_constructed_ones() -> None:
+    import dataclasses
+
     from tracekit.model.events import RawEvent
 
     events = list(synthetic_events(100))
     for ev in events:
         again = RawEvent(ev.t, ev.cpu, ev.source, ev.name, ev.role, ev.phase, dict(ev.values))
+        # Two objects (so == compares fields, not identity), equal field by field.
+        assert again is not ev and again.values is not ev.values
         assert ev == again and repr(ev) == repr(again)
         assert RawEvent.from_json(ev.to_json()) == ev  # the same bytes a real event gives
+    # The comparison sees every field: a copy differing in any one of them is unequal.
+    ev = events[0]
+    changed = {
+        "t": ev.t + 1,
+        "cpu": ev.cpu + 1,
+        "source": ev.source + "x",
+        "name": ev.name + "x",
+        "role": ev.role + "x",
+        "phase": ev.phase + "x",
+        "values": {**ev.values, "extra": 1},
+    }
+    assert set(changed) == {f.name for f in dataclasses.fields(RawEvent)}
+    for name, value in changed.items():
+        assert dataclasses.replace(ev, **{name: value}) != ev, name
     # Filled through __dict__, the instances must still be distinct and in time order.
     assert len({id(e) for e in events}) == len(events)
     assert [e.t for e in events] == sorted(e.t for e in events) and events[0].t < events[-1].t

@@ -154,3 +154,30 @@ def test_recorded_halt_and_wake_on_another_cpu_matches_the_ground_truth() -> Non
     # The D that crossed CPUs is drawn on the vCPU's track, not over CPU1's other work.
     crossing = [s for s in content.slices if s.name.startswith("D handle_exit: WFx")]
     assert len(crossing) == 1 and "CPU1 -> CPU0" in crossing[0].name
+
+
+def test_an_early_return_belongs_to_the_vcpu_just_flushed_not_the_last_one_in_the_guest() -> None:
+    """CPU1 last ran vCPU2 in the guest (its eret), vCPU2 halts; vCPU3 is flushed on CPU1
+    but __guest_enter returns early (no eret). That early return is vCPU3's: taken as
+    vCPU2's (the last eret), it closed vCPU2's open exit and vCPU2's chain lost D (seen
+    with 8 vCPUs on 2 CPUs)."""
+    events = [
+        *entry(100, 1, 2),
+        *wfi_exit(1000, 1, 2),  # vCPU2 sleeps
+        ev(2000, 1, "kvm_vgic_flush_hwstate", "flush", vcpu=3),
+        ev(2200, 1, "enter_guest", "enter"),
+        ev(2300, 1, "host_resume", "host_resume"),  # early return: no eret, no guest exit
+        ev(2400, 1, "handle_exit", "handle_exit", exit_code=0, esr=0, vcpu=3),
+        *entry(2600, 1, 3),
+        ev(3000, 0, "kvm_timer_vcpu_load", "source_timer", frame=FRAME_A),  # vCPU2 wakes
+        queue(3100, 0, 30, 2, {"kvm_timer_vcpu_load": (4, FRAME_A)}),
+        ev(3200, 0, "kvm_vcpu_kick", "kick", vcpu=2),
+        *entry(3500, 0, 2, intid=30),
+        ack(4100, 0, 30),
+    ]
+    c = one_chain(sorted(events, key=lambda e: e.t))
+    assert c.complete, c.missing
+    assert (c.phases["D"].start, c.phases["D"].end) == (1300, 3500)
+    recon = reconstruct(sorted(events, key=lambda e: e.t), load_probe_set().decoder, "vhe")
+    early = [x for x in recon.exits if x.host_resume_t == 2300]
+    assert len(early) == 1 and early[0].vcpu == 3 and early[0].d_end == 2600

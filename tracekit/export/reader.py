@@ -2,11 +2,16 @@
 
 Checks what a trace must satisfy (every slice begin has its end on its track, every flow
 starts and ends) and returns slices, instants and counters with their debug annotations.
+
+The result is a :class:`ParsedTrace`: the model's :class:`TraceContent` plus the layout a
+faithful dump needs (``export/dump.py``) and the model does not: each track's parent,
+sibling rank and uuid, and per slice and instant its track uuid, file position and flows.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,49 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from tracekit.errors import TraceFileError
 from tracekit.model.trace import Slice, TraceContent
 
-__all__ = ["Slice", "TraceContent", "parse_trace", "read_trace"]
+__all__ = [
+    "ParsedTrace",
+    "Placement",
+    "Slice",
+    "TraceContent",
+    "TrackInfo",
+    "parse_trace",
+    "read_trace",
+]
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    """A track descriptor as written (``TraceContent.tracks`` keeps only its name)."""
+
+    name: str
+    parent: int | None  # uuid of the parent track (a group's process track), if any
+    rank: int  # sibling_order_rank: the order the exporter wants among siblings
+    process: bool  # a process track: what TraceContent.groups lists
+    counter: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a slice or instant was in the file (``Slice.track`` is a name, which two
+    tracks may share)."""
+
+    uuid: int  # its track's uuid
+    packet: int  # index of its (begin) packet: the file order, which on one track nests
+    flows: tuple[int, ...]  # flow ids it starts or continues (on a slice: its begin)
+    terminating: tuple[int, ...]  # flow ids it ends
+
+
+@dataclass
+class ParsedTrace(TraceContent):
+    """``TraceContent`` plus layout; ``slice_places[i]`` belongs to ``slices[i]`` and
+    ``instant_places[i]`` to ``instants[i]``."""
+
+    track_info: dict[int, TrackInfo] = field(default_factory=dict)
+    slice_places: list[Placement] = field(default_factory=list)
+    instant_places: list[Placement] = field(default_factory=list)
+    #: Counter track name (the key of ``counters``) -> its uuid.
+    counter_uuids: dict[str, int] = field(default_factory=dict)
 
 
 def _args(ev: pb.TrackEvent, keys: dict[int, str]) -> dict[str, Any]:
@@ -28,7 +75,7 @@ def _args(ev: pb.TrackEvent, keys: dict[int, str]) -> dict[str, Any]:
     return out
 
 
-def parse_trace(data: bytes, source: str = "trace") -> TraceContent:
+def parse_trace(data: bytes, source: str = "trace") -> ParsedTrace:
     trace = pb.Trace()
     try:
         trace.ParseFromString(data)
@@ -41,12 +88,12 @@ def parse_trace(data: bytes, source: str = "trace") -> TraceContent:
         raise TraceFileError(
             f"{source} holds no trace packets", hint="pass a .pftrace written by `tracekit record`"
         )
-    content = TraceContent(packets=len(trace.packet))
-    open_slices: dict[int, list[tuple[str, int, dict[str, Any]]]] = defaultdict(list)
+    content = ParsedTrace(packets=len(trace.packet))
+    open_slices: dict[int, list[tuple[str, int, dict[str, Any], Placement]]] = defaultdict(list)
     # Interned event and annotation names (the exporter writes one sequence).
     names: dict[int, str] = {}
     keys: dict[int, str] = {}
-    for pkt in trace.packet:
+    for index, pkt in enumerate(trace.packet):
         if pkt.sequence_flags & pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED:
             names.clear()
             keys.clear()
@@ -62,6 +109,13 @@ def parse_trace(data: bytes, source: str = "trace") -> TraceContent:
                 content.tracks[td.uuid] = td.process.process_name
             else:
                 content.tracks[td.uuid] = td.name
+            content.track_info[td.uuid] = TrackInfo(
+                content.tracks[td.uuid],
+                td.parent_uuid if td.HasField("parent_uuid") else None,
+                td.sibling_order_rank,
+                td.HasField("process"),
+                td.HasField("counter"),
+            )
             continue
         if not pkt.HasField("track_event"):
             continue
@@ -73,17 +127,27 @@ def parse_trace(data: bytes, source: str = "trace") -> TraceContent:
             continue
         content.flows_started.update(ev.flow_ids)
         content.flows_terminated.update(ev.terminating_flow_ids)
+        place = Placement(ev.track_uuid, index, tuple(ev.flow_ids), tuple(ev.terminating_flow_ids))
         if ev.type == pb.TrackEvent.TYPE_SLICE_BEGIN:
-            open_slices[ev.track_uuid].append((name, pkt.timestamp, _args(ev, keys)))
+            open_slices[ev.track_uuid].append((name, pkt.timestamp, _args(ev, keys), place))
         elif ev.type == pb.TrackEvent.TYPE_SLICE_END:
             stack = open_slices[ev.track_uuid]
             if not stack:
                 content.problems.append(f"slice end without begin on {track!r}")
                 continue
-            begin_name, start, args = stack.pop()
+            begin_name, start, args, begun = stack.pop()
             if pkt.timestamp < start:
                 content.problems.append(f"slice {begin_name!r} ends before it begins")
             content.slices.append(Slice(track, begin_name, start, pkt.timestamp, args, len(stack)))
+            # Flows ending on the end event (the exporter puts none there) still count.
+            if place.flows or place.terminating:
+                begun = Placement(
+                    begun.uuid,
+                    begun.packet,
+                    begun.flows + place.flows,
+                    begun.terminating + place.terminating,
+                )
+            content.slice_places.append(begun)
         elif ev.type == pb.TrackEvent.TYPE_INSTANT:
             content.instants.append(
                 Slice(
@@ -95,6 +159,7 @@ def parse_trace(data: bytes, source: str = "trace") -> TraceContent:
                     len(open_slices[ev.track_uuid]),
                 )
             )
+            content.instant_places.append(place)
         elif ev.type == pb.TrackEvent.TYPE_COUNTER:
             value = (
                 ev.double_counter_value
@@ -102,13 +167,14 @@ def parse_trace(data: bytes, source: str = "trace") -> TraceContent:
                 else float(ev.counter_value)
             )
             content.counters.setdefault(track, []).append((pkt.timestamp, value))
+            content.counter_uuids.setdefault(track, ev.track_uuid)
     for uuid, stack in open_slices.items():
-        for open_name, _, _ in stack:
+        for open_name, _, _, _ in stack:
             content.problems.append(f"slice {open_name!r} on {content.tracks[uuid]!r} never ends")
     return content
 
 
-def read_trace(path: Path) -> TraceContent:
+def read_trace(path: Path) -> ParsedTrace:
     try:
         data = path.read_bytes()
     except FileNotFoundError:

@@ -158,6 +158,8 @@ class ChainBuilder:
         self._forming: dict[int, Exit] = {}
         #: Per CPU, the exit it handled last (its ESR-class handler follows on that CPU).
         self._handled_here: dict[int, Exit] = {}
+        #: Per CPU, the vCPU of its last flush (``_entering``).
+        self._flushed_vcpu: dict[int, int] = {}
         self._open_entry: dict[int, Entry] = {}
         self._hist: dict[int, list[RawEvent]] = {}
         self._keys: dict[tuple[int, int], _KeyState] = {}
@@ -334,10 +336,18 @@ class ChainBuilder:
     def _vector(self, ev: RawEvent) -> None:
         self._pending_vector[ev.cpu] = (ev.t, "sync" if ev.role == "vector_sync" else "irq")
 
+    def _entering(self, cpu: int) -> int:
+        """The vCPU whose entry this CPU flushed last: an exit (or an early return of
+        __guest_enter, which has no eret) belongs to it. The last eret's vCPU would be
+        stale after an early return, and an exit given the wrong vCPU closes that
+        vCPU's open exit before its D ends."""
+        v = self._flushed_vcpu.get(cpu)
+        return v if v is not None else self.running.get(cpu, -1)
+
     def _guest_exit(self, ev: RawEvent) -> None:
         cpu = ev.cpu
         vec = self._pending_vector.pop(cpu, None)
-        ex = Exit(cpu, self.running.get(cpu, -1), guest_exit_t=ev.t)
+        ex = Exit(cpu, self._entering(cpu), guest_exit_t=ev.t)
         if vec is not None:
             ex.vector_t, ex.vector = vec
         self._new_exit(ex)
@@ -347,7 +357,7 @@ class ChainBuilder:
         ex_open = self._forming.get(cpu)
         if ex_open is None or ex_open.host_resume_t is not None:
             # __guest_enter returned early (interrupt pending): no eret, no exception.
-            ex_open = Exit(cpu, self.running.get(cpu, -1), host_resume_t=t)
+            ex_open = Exit(cpu, self._entering(cpu), host_resume_t=t)
             self._new_exit(ex_open)
         ex_open.host_resume_t = t
 
@@ -378,6 +388,8 @@ class ChainBuilder:
         if vcpu is not None and ex.vcpu != vcpu:
             if self._open_anon.get(ex.cpu) is ex:
                 del self._open_anon[ex.cpu]
+            if self._open_by_vcpu.get(ex.vcpu) is ex:
+                del self._open_by_vcpu[ex.vcpu]
             ex.vcpu = vcpu
             self._own(ex)
         self._handled_here[cpu] = ex
@@ -433,6 +445,10 @@ class ChainBuilder:
             if self._handled_here.get(cpu) is ex:
                 del self._handled_here[cpu]
             self._close_exit(ex)
+        if vcpu is not None:
+            self._flushed_vcpu[cpu] = vcpu
+        else:
+            self._flushed_vcpu.pop(cpu, None)
         ent = Entry(cpu, vcpu if vcpu is not None else -1, t)
         old = self._open_entry.get(cpu)
         if old is not None:
