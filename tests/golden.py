@@ -34,4 +34,8 @@ if __name__ == "__main__":
     console = Console(width=140, file=io.StringIO(), force_terminal=False, color_system=None)
     console.print(render_explanation(walk))
     (GOLDEN / "mixed5.explain-virtual.txt").write_text(console.file.getvalue())  # type: ignore[attr-defined]
+    from tests.unit.test_capture_program import GOLDEN as PROGRAMS_GOLDEN
+    from tests.unit.test_capture_program import golden_text
+
+    PROGRAMS_GOLDEN.write_text(golden_text())
     print("golden files written to", GOLDEN)
