@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console, Group
@@ -100,6 +101,13 @@ def default_output(scenario: str) -> Path:
     help="Also stop where the probe set infers values, read them from memory and check "
     "every inferred value against them (slower; proves the inference rules).",
 )
+@click.option(
+    "--plugin-values",
+    is_flag=True,
+    help="Have the TCG plugin read the probes' values itself (QEMU >= 9.2, plugin API 4): "
+    "no debugger stop for them. With --read-values GDB still stops and every value the "
+    "plugin read is checked against GDB's.",
+)
 @click.option("--console", "show_console", is_flag=True, help="Show the L1 console tail.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def record(
@@ -115,6 +123,7 @@ def record(
     stall_timeout: float,
     kernel_args: tuple[str, ...],
     read_values: bool,
+    plugin_values: bool,
     show_console: bool,
     as_json: bool,
 ) -> int:
@@ -148,6 +157,7 @@ def record(
         stall_timeout_s=stall_timeout,
         extra_kernel_args=kernel_args,
         read_values=read_values,
+        plugin_values=plugin_values,
         workload_sources=catalog.workload_sources,
     )
     with Live(console=err_console, refresh_per_second=4, transient=True) as live:
@@ -164,6 +174,18 @@ def record(
     summary["raw_dir"] = str(result.raw_dir)
     merge_meta = result.meta.get("merge", {})
     summary["inference"] = merge_meta.get("inference", {})
+    summary["stops"] = result.meta.get("stops")
+    if plugin_values:
+        summary["plugin_values"] = {
+            k: merge_meta.get(k)
+            for k in (
+                "plugin_values_used",
+                "plugin_values_unreadable",
+                "plugin_values_missing",
+                "plugin_checks",
+                "plugin_disagreements",
+            )
+        }
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     else:
@@ -200,8 +222,42 @@ def record(
             f"inferred values disagree with what was read: {disagreed}"
             + (f" (first: {first[0]})" if first else "")
         )
+    if plugin_values:
+        _check_plugin_values(merge_meta, read_values)
     if mismatched:
         raise GroundTruthError(
             f"chains differ from the ground truth for {', '.join(mismatched)} (see {out})"
         )
     return 0
+
+
+def _check_plugin_values(merge_meta: dict[str, Any], read_values: bool) -> None:
+    """Report the plugin-read values; fail on any disagreement with GDB, or on probe
+    timings that came without the values the plugin should have written."""
+    from tracekit.cli import err_console
+
+    checks: dict[str, int] = merge_meta.get("plugin_checks") or {}
+    agreed = sum(int(v) for k, v in checks.items() if k.endswith(".agreed"))
+    disagreed = {k: v for k, v in checks.items() if k.endswith(".disagreed") and v}
+    err_console.print(
+        f"plugin-read values: {merge_meta.get('plugin_values_used', 0)} used,"
+        f" {merge_meta.get('plugin_values_unreadable', 0)} unreadable"
+        + (
+            f"; checked against GDB reads: {agreed} agree,"
+            f" {sum(int(v) for v in disagreed.values())} disagree"
+            if read_values
+            else ""
+        )
+    )
+    if disagreed:
+        first = merge_meta.get("plugin_disagreements") or []
+        raise GroundTruthError(
+            f"plugin-read values disagree with GDB's: {disagreed}"
+            + (f" (first: probe, value, GDB, plugin, t = {first[0]})" if first else "")
+        )
+    missing = merge_meta.get("plugin_values_missing")
+    if missing:
+        raise GroundTruthError(
+            f"{missing} probe timings came without the values the plugin should have read"
+            " (see qemu.log: TKP lines without their TKV)"
+        )

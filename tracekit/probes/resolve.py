@@ -15,6 +15,7 @@ from tracekit.kernel.kallsyms import SymbolTable
 from tracekit.model.vocabulary import PHASES
 from tracekit.probes.capture import to_gdb
 from tracekit.probes.pointer import find_frame_site, find_pointer_site
+from tracekit.probes.program import CaptureProgram, compile_capture, world_programs
 from tracekit.probes.spec import ProbeSet, ProbeSpec
 
 __all__ = ["ResolvedProbe", "ResolvedProbeSet", "resolve_probes"]
@@ -56,6 +57,9 @@ class ResolvedProbe:
     #: End of the function's code (the next symbol), for ``frame`` probes: a return
     #: address in [address, code_end) lies in this function.
     code_end: int = 0
+    #: Captures the timebase plugin reads at the stamp address (``record
+    #: --plugin-values``): the spec's, then what tells host from guest (``@`` names).
+    programs: tuple[CaptureProgram, ...] = ()
 
     @property
     def name(self) -> str:
@@ -123,6 +127,8 @@ def _resolve_one(
     text: RunningText,
     offset_of: Callable[[str], int],
     read_values: bool = False,
+    plugin_values: bool = False,
+    kvm_mode: str = "vhe",
 ) -> tuple[ResolvedProbe, str | None]:
     candidates = (spec.symbol, *spec.fallbacks)
     used = next((s for s in candidates if symbols.has(s)), None)
@@ -145,7 +151,19 @@ def _resolve_one(
     addr = addrs[0] + spec.offset
     if spec.after_call or spec.instruction:
         addr = _interior(spec, addrs[0], text, symbols)
-    stops = spec.stops(read_values)
+    # --plugin-values: the plugin reads what a stop would (and with --read-values what
+    # is otherwise inferred, to check it against GDB, which then stops there as before).
+    plugin_reads = plugin_values and bool(spec.capture) and (spec.mode == "stop" or read_values)
+    stops = (read_values and bool(spec.capture)) if plugin_values else spec.stops(read_values)
+    programs = (
+        tuple(
+            compile_capture(name, expr, offset_of, f"probe {spec.name}: capture.{name}")
+            for name, expr in spec.capture.items()
+        )
+        + world_programs(kvm_mode)
+        if plugin_reads
+        else ()
+    )
     captures = tuple(
         (name, to_gdb(expr, offset_of, f"probe {spec.name}: capture.{name}"))
         for name, expr in spec.capture.items()
@@ -186,6 +204,7 @@ def _resolve_one(
         stops=stops,
         pointer_sites=sites,
         code_end=code_end,
+        programs=programs,
     )
     return probe, (used if used != spec.symbol else None)
 
@@ -198,6 +217,7 @@ def resolve_probes(
     kvm_mode: str = "vhe",
     *,
     read_values: bool = False,
+    plugin_values: bool = False,
 ) -> ResolvedProbeSet:
     """Resolve every probe; raise SymbolError for a required probe or an uncovered phase.
 
@@ -212,7 +232,9 @@ def resolve_probes(
         if kvm_mode not in spec.kvm_modes:
             continue
         try:
-            probe, fallback = _resolve_one(spec, symbols, text, offset_of, read_values)
+            probe, fallback = _resolve_one(
+                spec, symbols, text, offset_of, read_values, plugin_values, kvm_mode
+            )
         except SymbolError as exc:
             if spec.required:
                 raise

@@ -12,6 +12,12 @@ An exception record (QEMU ``-d int``) whose vector address is a probe's is paire
 that CPU's next probe timing, which must be that very vector entry (the CPU executes it
 right after taking the exception): the probe event then carries the exception's
 syndrome (``esr``), return address (``elr``) and QEMU exception number (``excp``).
+
+With ``record --plugin-values`` (QEMU >= 9.2) the plugin read a probe's captures itself
+and wrote them with its timing (``TKV``): such a probe's values come from there, host and
+guest told apart by the ``@cpsr``/``@hcr`` it read (world.py), as for a GDB hit. Where GDB
+also stopped (``--read-values``) GDB's values are kept and every plugin-read value is
+compared with them (``plugin_checks``, like the inference counts of model/context.py).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from tracekit.record.qemulog import (
     MemoryAccess,
     parse_qemu_log,
 )
+from tracekit.record.world import world
 
 __all__ = ["GdbHit", "MergeStats", "ProbeInfo", "merge"]
 
@@ -48,6 +55,9 @@ class ProbeInfo:
     #: [start, end) of its function's code, for ``frame`` probes (a queue's call stack
     #: is matched against it: ``_frame_sources``).
     code: tuple[int, int] | None = None
+    #: Names of the values the plugin reads here (``--plugin-values``), ``@`` ones
+    #: included; empty: none.
+    plugin_values: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,17 @@ class MergeStats:
     inference: dict[str, int] = field(default_factory=dict)
     #: A few (probe, value, read, inferred, t) where a read value contradicted inference.
     disagreements: list[tuple[str, str, int, int, int]] = field(default_factory=list)
+    #: --plugin-values: timings of probes the plugin reads that came without its values
+    #: (should be 0); plugin-read values used as the event's, and those it marked
+    #: unreadable (left out of the event, never 0).
+    plugin_values_missing: int = 0
+    plugin_values_used: int = 0
+    plugin_values_unreadable: int = 0
+    #: ``VALUE.agreed|disagreed|unchecked`` -> count, where GDB read the same probe too
+    #: (``@host``: the host/guest decision); unchecked: GDB could not read it.
+    plugin_checks: dict[str, int] = field(default_factory=dict)
+    #: A few (probe, value, GDB's, the plugin's (None: unreadable), t) that disagreed.
+    plugin_disagreements: list[tuple[str, str, int, int | None, int]] = field(default_factory=list)
 
 
 def merge(
@@ -100,6 +121,7 @@ def merge(
     log_lines: Iterable[str],
     probes: Iterable[ProbeInfo],
     stats: MergeStats | None = None,
+    kvm_mode: str = "vhe",
 ) -> list[RawEvent]:
     st = stats if stats is not None else MergeStats()
     probes_list = list(probes)
@@ -141,18 +163,35 @@ def merge(
         if taken is not None:
             st.exceptions_paired += 1
             values = {**values, **_exception_values(taken)}
+        plugin = item.values if probe.plugin_values else None
+        if probe.plugin_values and plugin is None:
+            st.plugin_values_missing += 1
         if probe.mode == "stop":
             queue = pending.get((item.cpu, probe.name))
             if not queue:
                 st.stop_timings_without_hit += 1
                 continue
             hit = queue.popleft()
+            if plugin is not None:
+                _check_plugin(probe.name, hit, plugin, _plugin_host(plugin, kvm_mode), item.t, st)
             if not hit.host:
                 st.discarded_non_host += 1
                 continue
             values = {**values, **hit.values}
-            if functions and "ret1" in values:
-                values = {**values, **_frame_sources(values, functions)}
+        elif probe.plugin_values:
+            if plugin is None:
+                continue  # counted: its values are not there to be used
+            if not _plugin_host(plugin, kvm_mode):
+                st.discarded_non_host += 1
+                continue
+            read = {k: v for k, v in plugin.items() if not k.startswith("@") and v is not None}
+            st.plugin_values_used += len(read)
+            st.plugin_values_unreadable += sum(
+                v is None for k, v in plugin.items() if not k.startswith("@")
+            )
+            values = {**values, **read}
+        if functions and "ret1" in values:
+            values = {**values, **_frame_sources(values, functions)}
         st.per_probe[probe.name] = st.per_probe.get(probe.name, 0) + 1
         if probe.pointers:
             latest[(item.cpu, probe.name)] = len(events)
@@ -164,6 +203,37 @@ def merge(
     events.sort(key=lambda e: e.t)
     st.events = len(events)
     return events
+
+
+def _plugin_host(values: Mapping[str, int | None], kvm_mode: str) -> bool:
+    """Whether the plugin read its values in L1-host context (as stops.py decides it for
+    a GDB hit, from CPSR's exception level and, for nVHE, HCR_EL2)."""
+    cpsr = values.get("@cpsr")
+    el = (cpsr >> 2) & 3 if cpsr is not None else -1
+    return world(el, values.get("@hcr"), kvm_mode) == "l1-host"
+
+
+def _check_plugin(
+    probe: str,
+    hit: GdbHit,
+    plugin: Mapping[str, int | None],
+    plugin_host: bool,
+    t: int,
+    st: MergeStats,
+) -> None:
+    """Compare every value the plugin read at a probe with GDB's read of the same hit."""
+    checks = st.plugin_checks
+    pairs: list[tuple[str, int | None, int | None]] = [("@host", int(hit.host), int(plugin_host))]
+    pairs += [(k, hit.values.get(k), v) for k, v in plugin.items() if not k.startswith("@")]
+    for name, gdb, mine in pairs:
+        if gdb is None:
+            checks[f"{name}.unchecked"] = checks.get(f"{name}.unchecked", 0) + 1
+        elif gdb == mine:
+            checks[f"{name}.agreed"] = checks.get(f"{name}.agreed", 0) + 1
+        else:
+            checks[f"{name}.disagreed"] = checks.get(f"{name}.disagreed", 0) + 1
+            if len(st.plugin_disagreements) < 10:
+                st.plugin_disagreements.append((probe, name, gdb, mine, t))
 
 
 def _attach_pointer(

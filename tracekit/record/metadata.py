@@ -67,6 +67,7 @@ def probe_meta(probes: ResolvedProbeSet) -> list[dict[str, Any]]:
             "implies": dict(p.spec.implies),
             "pointers": [list(site) for site in p.pointer_sites],
             "code": [p.runtime_address, p.code_end] if p.code_end else None,
+            "plugin_values": [c.name for c in p.programs],
         }
         for p in probes.probes
     ]
@@ -95,6 +96,7 @@ def initial_meta(
         "probe_set": res.probe_set_name,
         "kernel_family": assets.kernel_family,
         "read_values": opts.read_values,
+        "plugin_values": opts.plugin_values,
         "workload_sources": dict(opts.workload_sources),
         # function+offset of every probe, for `tracekit explain`
         "probe_locations": {p.name: p.location for p in probes.probes},
@@ -149,4 +151,11 @@ def merge_meta(mstats: MergeStats) -> dict[str, Any]:
         "end_t": mstats.log.end_t,
         "unattributed_vcpu": mstats.log.unattributed_vcpu,
         "per_probe": mstats.per_probe,
+        "plugin_values_missing": mstats.plugin_values_missing,
+        "plugin_values_used": mstats.plugin_values_used,
+        "plugin_values_unreadable": mstats.plugin_values_unreadable,
+        "plugin_checks": dict(sorted(mstats.plugin_checks.items())),
+        "plugin_disagreements": mstats.plugin_disagreements,
+        "plugin_value_lines": mstats.log.value_lines,
+        "plugin_orphan_value_lines": mstats.log.orphan_value_lines,
     }

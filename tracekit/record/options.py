@@ -38,6 +38,10 @@ class RecordOptions:
     extra_kernel_args: tuple[str, ...] = ()
     #: Also stop where values are inferred, read them, and check the inference.
     read_values: bool = False
+    #: The plugin reads the captures of ``stop`` probes itself (plugin API 4, QEMU >= 9.2)
+    #: and those probes need no debugger stop; with ``read_values`` GDB still stops at
+    #: every probe with values and each plugin-read value is checked against GDB's.
+    plugin_values: bool = False
     #: The workload's source names -> source kinds, kept in the metadata so the summary
     #: can check each chain's recorded source against the workload (never to set it).
     workload_sources: Mapping[str, str] = field(default_factory=dict)

@@ -45,6 +45,7 @@ def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeS
             {str(k): int(v) for k, v in dict(p.get("implies", {})).items()},
             tuple((str(n), int(pc), int(off)) for n, pc, off in p.get("pointers", [])),
             (int(p["code"][0]), int(p["code"][1])) if p.get("code") else None,
+            tuple(str(n) for n in p.get("plugin_values", [])),
         )
         for p in meta.get("probes", [])
     ]
@@ -60,7 +61,7 @@ def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeS
     stats = MergeStats()
     log_path = raw_dir / "qemu.log"
     lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
-    events = merge(hits, lines, probes, stats)
+    events = merge(hits, lines, probes, stats, str(meta.get("kvm_mode", "vhe")))
     irq_code = meta.get("irq_exit_code")
     inferred = infer_values(
         events, rules, irq_exit_code=int(irq_code) if irq_code is not None else None

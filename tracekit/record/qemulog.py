@@ -8,13 +8,15 @@ order: a trace event raised by a GIC system-register access comes right after th
 ``arm_cpu_do_interrupt_aarch64`` in target/arm/helper.c: an exception record is written
 while the CPU takes the exception, before the first instruction of its vector runs, so it
 carries no time of its own (the merge pairs it with the vector's probe timing).
+A ``TKV`` line (the values the QEMU >= 9.2 plugin read at a probe) comes right after its
+``TKP`` line, from the same write; the parser hands the two out as one timing.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 
 __all__ = [
     "ExceptionRecord",
@@ -44,6 +46,19 @@ class ProbeTiming:
     cpu: int
     pc: int
     t: int
+    #: The values the plugin read there (``TKV``): name -> value, None where it marked
+    #: the value unreadable; None when it read nothing at this probe.
+    values: Mapping[str, int | None] | None = None
+
+
+@dataclass(frozen=True)
+class _ProbeValues:
+    """A ``TKV`` line, before it is joined to the ``TKP`` line it follows."""
+
+    cpu: int
+    pc: int
+    t: int
+    values: Mapping[str, int | None]
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,9 @@ class LogStats:
     #: Plugin lines whose vCPU is QEMU's callback index, not the running vCPU (``TKW``:
     #: the QEMU 10.0 plugin could not look the running vCPU up, tk_timebase.c).
     unattributed_vcpu: int = 0
+    #: ``TKV`` lines, and those not right after the ``TKP`` line they name (should be 0).
+    value_lines: int = 0
+    orphan_value_lines: int = 0
     end_t: int | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -117,11 +135,41 @@ def parse_qemu_log(
     lines: Iterable[str],
     stats: LogStats | None = None,
 ) -> Iterator[ProbeTiming | GicEvent | ExceptionRecord | MemoryAccess]:
-    """Yield probe timings, timed GIC events and exception records in log order.
+    """Yield probe timings (with the plugin's values, if it read any), timed GIC events
+    and exception records in log order.
 
     Never raises on bad lines.
     """
     st = stats if stats is not None else LogStats()
+    held: ProbeTiming | None = None  # a timing whose TKV line may come next
+    for item in _items(lines, st):
+        if isinstance(item, _ProbeValues):
+            if held is not None and (held.cpu, held.pc, held.t) == (item.cpu, item.pc, item.t):
+                st.value_lines += 1
+                yield replace(held, values=item.values)
+                held = None
+            else:
+                st.orphan_value_lines += 1
+            continue
+        if held is not None:
+            yield held
+            held = None
+        if isinstance(item, ProbeTiming):
+            held = item
+        else:
+            yield item
+    if held is not None:
+        yield held
+
+
+def _plugin_value(text: str) -> int | None:
+    """One ``TKV`` value: hex, or ``?``/``?r`` (unreadable address / register)."""
+    return None if text.startswith("?") else int(text, 16)
+
+
+def _items(
+    lines: Iterable[str], st: LogStats
+) -> Iterator[ProbeTiming | _ProbeValues | GicEvent | ExceptionRecord | MemoryAccess]:
     marker: dict[int, int] = {}
     taking: _Taking | None = None
     stopped_at: float | None = None
@@ -145,6 +193,10 @@ def parse_qemu_log(
                 _, cpu, pc, t = line.split()
                 st.probe_lines += 1
                 yield ProbeTiming(int(cpu), int(pc, 16), int(t))
+            elif line.startswith("TKV "):
+                _, cpu, pc, t, *pairs = line.split()
+                values = {k: _plugin_value(v) for k, _, v in (p.partition("=") for p in pairs)}
+                yield _ProbeValues(int(cpu), int(pc, 16), int(t), values)
             elif line.startswith("TKM "):
                 _, cpu, pc, vaddr = line.split()
                 yield MemoryAccess(int(cpu), int(pc, 16), int(vaddr, 16))

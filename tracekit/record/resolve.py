@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tracekit.config import ToolPaths
-from tracekit.errors import TracekitError
+from tracekit.errors import EnvironmentProblem, TracekitError
 from tracekit.guest.assets import GuestAssets
 from tracekit.kernel.btf import load_btf_from_file
 from tracekit.kernel.kallsyms import SymbolTable
@@ -59,8 +59,18 @@ def _offset_resolver(assets: GuestAssets) -> Callable[[str], int]:
     return offset_of
 
 
+#: The first plugin API whose plugins can read registers and guest memory by virtual
+#: address (qemu_plugin_read_memory_vaddr is new in API 4, QEMU 9.2).
+PLUGIN_VALUES_API = 4
+
+
 def resolve_for(
-    assets: GuestAssets, pset: ProbeSet, kvm_mode: str = "vhe", *, read_values: bool = False
+    assets: GuestAssets,
+    pset: ProbeSet,
+    kvm_mode: str = "vhe",
+    *,
+    read_values: bool = False,
+    plugin_values: bool = False,
 ) -> tuple[ResolvedProbeSet, SymbolTable]:
     symbols = SymbolTable.from_json(Path(assets.symbols).read_text())
     image = assets.image_path.read_bytes()
@@ -71,6 +81,7 @@ def resolve_for(
         _offset_resolver(assets),
         kvm_mode,
         read_values=read_values,
+        plugin_values=plugin_values,
     )
     return resolved, symbols
 
@@ -86,13 +97,26 @@ def resolve(opts: RecordOptions, assets: GuestAssets, tools: ToolPaths) -> Resol
     # Every recording checks the kernel against the probe set: never record with probes
     # written for another kernel (probes/select.py).
     name = choose_probe_set(assets.kernel_release, assets.kernel_family, opts.probe_set)
+    api = qemu_plugin_api(tools.qemu)
+    if opts.plugin_values and api < PLUGIN_VALUES_API:
+        raise EnvironmentProblem(
+            f"--plugin-values needs a QEMU whose TCG plugin API is >= {PLUGIN_VALUES_API}"
+            f" (QEMU >= 9.2); {tools.qemu} speaks API {api}",
+            hint="record without --plugin-values, or select QEMU 10.0 with TRACEKIT_QEMU=PATH",
+        )
     pset = load_probe_set(name)
-    probes, symbols = resolve_for(assets, pset, opts.profile.kvm_mode, read_values=opts.read_values)
+    probes, symbols = resolve_for(
+        assets,
+        pset,
+        opts.profile.kvm_mode,
+        read_values=opts.read_values,
+        plugin_values=opts.plugin_values,
+    )
     for probe, why in probes.skipped:
         log.warning("probe %s skipped: %s", probe, why)
     for probe, used in probes.fallbacks_used:
         log.warning("probe %s uses fallback symbol %s", probe, used)
-    plugin = ensure_plugin(tools, qemu_plugin_api(tools.qemu))
+    plugin = ensure_plugin(tools, api)
     return Resolution(name, pset, probes, symbols, plugin, _probe_lines(assets, probes))
 
 

@@ -5,16 +5,46 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tracekit.probes.resolve import ResolvedProbeSet
+from tracekit.errors import ConfigError
+from tracekit.probes.program import CaptureProgram
+from tracekit.probes.resolve import ResolvedProbe, ResolvedProbeSet
 
-__all__ = ["PluginStamps", "plugin_probe_file"]
+__all__ = ["MAX_CAPTURES", "MAX_LOADS", "MAX_NAME", "PluginStamps", "plugin_probe_file"]
+
+#: tk_timebase.c's limits (MAX_CAPTURES, MAX_NAME - 1, MAX_LOADS): one TKP + TKV pair
+#: fits its fixed line buffer.
+MAX_CAPTURES = 48
+MAX_NAME = 31
+MAX_LOADS = 8
 
 
 def plugin_probe_file(probes: ResolvedProbeSet) -> str:
-    """The timebase plugin's input: probe PCs, and ``m PC`` for pointer sites."""
+    """The timebase plugin's input: probe PCs, ``m PC`` for pointer sites and ``c PC ...``
+    capture programs (probes/program.py) at each probe's stamp address."""
     lines = [f"{p.stamp_address:x}\n" for p in probes.probes]
     lines += [f"m {pc:x}\n" for p in probes.probes for _, pc, _ in p.pointer_sites]
+    lines += [c.line(p.stamp_address) for p in probes.probes for c in _checked(p)]
     return "".join(lines)
+
+
+def _checked(probe: ResolvedProbe) -> tuple[CaptureProgram, ...]:
+    """The probe's capture programs, refused here (before QEMU starts) where the plugin
+    would have to drop them."""
+    programs = probe.programs
+    if len(programs) > MAX_CAPTURES:
+        raise ConfigError(
+            f"probe {probe.name}: {len(programs)} plugin-read values, the plugin reads at most"
+            f" {MAX_CAPTURES} per probe",
+            hint="capture fewer values, or record without --plugin-values",
+        )
+    for c in programs:
+        if len(c.name) > MAX_NAME or len(c.loads) > MAX_LOADS:
+            raise ConfigError(
+                f"probe {probe.name}: capture {c.name} exceeds the plugin's limits (names of"
+                f" at most {MAX_NAME} characters, at most {MAX_LOADS} pointer loads)",
+                hint="shorten it, or record without --plugin-values",
+            )
+    return programs
 
 
 class PluginStamps:

@@ -19,13 +19,28 @@
  *                             touched <vaddr>: the recorder knows which register it was
  *                             based on and at what offset, so this recovers a pointer
  *                             argument without stopping (probes/pointer.py)
+ *   TKV <vcpu> <pc-hex> <t> <name>=<hex> ...
+ *                             (API 4 only) the captures of the probe whose TKP line comes
+ *                             right before it (same vCPU, PC and count; both lines are one
+ *                             qemu_plugin_outs call, so nothing comes between them), read
+ *                             by the plugin as the instruction at <pc> is about to execute:
+ *                             <hex> is the value as GDB's (unsigned long)(EXPR) gives it;
+ *                             "?" marks an address that did not translate (never 0), "?r"
+ *                             a register this QEMU does not name (see run_capture)
  *   TKW <n>                   (API 4 only, at exit) how many of the lines above named the
  *                             vCPU from the callback's index because the running vCPU
  *                             could not be determined (see running_vcpu); 0 when every
  *                             line names the vCPU that ran the instruction
  *   TKE <t>                   QEMU is exiting
  *
- * Arguments: probes=FILE: one hex PC per line (a probe), or "m <hex PC>" (a memory site).
+ * Arguments: probes=FILE: one hex PC per line (a probe), or "m <hex PC>" (a memory site),
+ * or (API 4; ignored by API 1) "c <hex PC> <name> <reg> <n> <off1> .. <offn> <off> <size>":
+ * a capture program for the probe at PC (tracekit/probes/program.py compiles capture
+ * expressions to them): start from register <reg> (as QEMU's gdbstub names it: x0..x30,
+ * sp, cpsr, HCR_EL2, ...; w0..w30 the x register's low 32 bits; pc the instruction's own
+ * address), for each of the <n> loads add its offset and read 8 bytes there, then add
+ * <off> and read <size> bytes (1, 2, 4, 8; -4 sign-extends 4 bytes; 0 keeps the value).
+ * A probe with captures is instrumented with QEMU_PLUGIN_CB_R_REGS and prints TKV.
  * The file is read again whenever QEMU
  * flushes its translation cache (a GDB breakpoint insert does), so probes whose address
  * is only known at run time (nVHE hyp code at EL2 virtual addresses) can be added: write
@@ -41,6 +56,8 @@
  *      qemu_plugin_insn_data copies into a buffer (API 3, QEMU 9.1). Blocks are counted
  *      by a per-block execution callback instead (see on_block). The vCPU index QEMU
  *      passes to callbacks is not the running vCPU's under -icount (see running_vcpu).
+ *      Registers and guest memory are readable (API 2 and 4), so a probe's captures can
+ *      be read here without a debugger stop (TKV, run_capture).
  */
 #if TK_PLUGIN_API == 4
 #define _GNU_SOURCE /* RTLD_DEFAULT */
@@ -121,8 +138,10 @@ typedef struct { uint8_t *data; unsigned int len; } GByteArray;
 GByteArray *g_byte_array_new(void);
 uint8_t *g_byte_array_free(GByteArray *array, int free_segment);
 char *g_array_free(GArray *array, int free_segment);
+GByteArray *g_byte_array_set_size(GByteArray *array, unsigned int length);
 GArray *qemu_plugin_get_registers(void);
 int qemu_plugin_read_register(struct qemu_plugin_register *handle, GByteArray *buf);
+bool qemu_plugin_read_memory_vaddr(uint64_t addr, GByteArray *data, size_t len);
 #endif
 
 #define EXPORT __attribute__((visibility("default")))
@@ -137,11 +156,44 @@ static size_t n_probes;
 static uint64_t *mem_sites;
 static size_t n_mem_sites;
 
+#if TK_PLUGIN_API == 4
+/* ---- capture programs (API 4) ------------------------------------------------------ */
+/* Limits that keep one TKP + TKV pair in one fixed buffer: 48 captures of
+ * "name=" + 16 hex digits with names of at most 31 characters (tracekit/record/stamps.py
+ * refuses larger programs before QEMU starts). */
+#define MAX_CAPTURES 48
+#define MAX_NAME 32
+#define MAX_LOADS 8
+#define MAX_REGS 64
+#define REG_PC (-1)
+
+struct capture {
+    uint64_t pc;
+    char name[MAX_NAME];
+    int reg;      /* index into reg_names, or REG_PC */
+    bool mask32;  /* a w register */
+    unsigned int n_loads;
+    uint64_t loads[MAX_LOADS];
+    uint64_t offset;
+    int size;     /* 0, 1, 2, 4, 8; negative: sign-extend */
+};
+
+static struct capture *captures; /* sorted by pc, file order within a pc */
+static size_t n_captures;
+/* Register names the programs use, interned for good (slots stay valid across reloads). */
+static char reg_names[MAX_REGS][MAX_NAME];
+static int n_reg_names;
+#endif
+
 /* Per instrumented instruction: its PC and how many instructions of its block come
  * after it (the block's count was already added, whole, at block entry). */
 struct site {
     uint64_t pc;
     uint64_t after;
+#if TK_PLUGIN_API == 4
+    size_t n_caps;
+    struct capture caps[]; /* copied at translation: a reload cannot pull them away */
+#endif
 };
 
 static int cmp_u64(const void *a, const void *b)
@@ -310,6 +362,155 @@ static unsigned int running_vcpu(unsigned int vcpu)
 }
 #endif
 
+#if TK_PLUGIN_API == 4
+/* ---- reading captures (API 4) -------------------------------------------------------
+ * Register handles are looked up once per vCPU and name (qemu_plugin_get_registers
+ * lists the current vCPU's registers: plugins/api.c); the reads go through the gdbstub
+ * (qemu_plugin_read_register -> gdb_read_register on current_cpu, target byte order:
+ * little-endian here, as on the x86 host) and through the vCPU's current translation
+ * regime (qemu_plugin_read_memory_vaddr -> cpu_memory_rw_debug on current_cpu, false
+ * when the address does not translate). Both act on current_cpu, the running vCPU, not
+ * the (possibly stale) index QEMU passes the callback (running_vcpu). Register values
+ * are those before the instruction executes: the callback is registered with
+ * QEMU_PLUGIN_CB_R_REGS, so TCG syncs its globals to CPUState before the call
+ * (accel/tcg/plugin-gen.c); "pc" is not read (inside a block it is the block's start,
+ * not the instruction's) but taken from the instruction's own address. */
+struct vcpu_regs {
+    bool looked_up[MAX_REGS];
+    struct qemu_plugin_register *handle[MAX_REGS]; /* NULL: this QEMU has no such name */
+};
+static struct vcpu_regs *vcpu_regs;
+static unsigned int n_vcpu_regs;
+static GByteArray *scratch;
+
+static struct qemu_plugin_register *reg_handle(unsigned int vcpu, int slot)
+{
+    if (vcpu >= n_vcpu_regs) {
+        struct vcpu_regs *grown = realloc(vcpu_regs, (vcpu + 1) * sizeof(*grown));
+        if (!grown) {
+            return NULL;
+        }
+        memset(grown + n_vcpu_regs, 0, (vcpu + 1 - n_vcpu_regs) * sizeof(*grown));
+        vcpu_regs = grown;
+        n_vcpu_regs = vcpu + 1;
+    }
+    struct vcpu_regs *r = &vcpu_regs[vcpu];
+    if (!r->looked_up[slot]) {
+        r->looked_up[slot] = true;
+        GArray *regs = qemu_plugin_get_registers();
+        if (regs) {
+            const qemu_plugin_reg_descriptor *d = (const qemu_plugin_reg_descriptor *)regs->data;
+            for (unsigned int i = 0; i < regs->len; i++) {
+                if (d[i].name && strcmp(d[i].name, reg_names[slot]) == 0) {
+                    r->handle[slot] = d[i].handle;
+                    break;
+                }
+            }
+            g_array_free(regs, 1);
+        }
+    }
+    return r->handle[slot];
+}
+
+static bool read_reg(unsigned int vcpu, int slot, uint64_t *value)
+{
+    struct qemu_plugin_register *h = reg_handle(vcpu, slot);
+    if (!h) {
+        return false;
+    }
+    g_byte_array_set_size(scratch, 0); /* gdb_read_register appends */
+    int n = qemu_plugin_read_register(h, scratch);
+    if (n <= 0 || scratch->len < (unsigned int)n) {
+        return false;
+    }
+    *value = 0;
+    memcpy(value, scratch->data, n < 8 ? (size_t)n : 8);
+    return true;
+}
+
+static bool read_mem(uint64_t addr, unsigned int size, uint64_t *value)
+{
+    if (!qemu_plugin_read_memory_vaddr(addr, scratch, size) || scratch->len < size) {
+        return false;
+    }
+    *value = 0;
+    memcpy(value, scratch->data, size);
+    return true;
+}
+
+/* Append " name=<hex>" (or "=?" / "=?r") for one capture: CaptureProgram.evaluate in
+ * tracekit/probes/program.py is the same computation in Python. */
+static int run_capture(char *out, size_t room, const struct capture *c, unsigned int vcpu)
+{
+    uint64_t value;
+    if (c->reg == REG_PC) {
+        value = c->pc;
+    } else if (!read_reg(vcpu, c->reg, &value)) {
+        return snprintf(out, room, " %s=?r", c->name);
+    }
+    if (c->mask32) {
+        value &= 0xffffffffu;
+    }
+    for (unsigned int i = 0; i < c->n_loads; i++) {
+        if (!read_mem(value + c->loads[i], 8, &value)) {
+            return snprintf(out, room, " %s=?", c->name);
+        }
+    }
+    if (c->size != 0) {
+        unsigned int size = (unsigned int)(c->size < 0 ? -c->size : c->size);
+        if (!read_mem(value + c->offset, size, &value)) {
+            return snprintf(out, room, " %s=?", c->name);
+        }
+        if (c->size < 0 && size < 8 && (value >> (8 * size - 1)) & 1) {
+            value |= ~0ull << (8 * size);
+        }
+    }
+    return snprintf(out, room, " %s=%" PRIx64, c->name, value);
+}
+
+static void on_probe_values(unsigned int vcpu, void *udata)
+{
+    struct site *s = udata;
+    unsigned int cpu = running_vcpu(vcpu);
+    uint64_t t = insn_count - s->after;
+    char buf[MAX_CAPTURES * (MAX_NAME + 20) + 160];
+    size_t len = (size_t)snprintf(buf, sizeof(buf),
+                                  "TKP %u %" PRIx64 " %" PRIu64 "\nTKV %u %" PRIx64 " %" PRIu64,
+                                  cpu, s->pc, t, cpu, s->pc, t);
+    for (size_t i = 0; i < s->n_caps; i++) {
+        size_t room = sizeof(buf) - len - 1; /* one byte for the newline */
+        int n = run_capture(buf + len, room, &s->caps[i], cpu);
+        if (n < 0 || (size_t)n >= room) {
+            break; /* cannot happen within stamps.py's limits; never a torn value */
+        }
+        len += (size_t)n;
+    }
+    buf[len] = '\n';
+    buf[len + 1] = '\0';
+    qemu_plugin_outs(buf);
+}
+
+/* The captures of the probe at pc: [*first, *first + return value). */
+static size_t captures_at(uint64_t pc, size_t *first)
+{
+    size_t lo = 0, hi = n_captures;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (captures[mid].pc < pc) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    size_t end = lo;
+    while (end < n_captures && captures[end].pc == pc) {
+        end++;
+    }
+    *first = lo;
+    return end - lo;
+}
+#endif
+
 static void on_probe(unsigned int vcpu, void *udata)
 {
     struct site *s = udata;
@@ -390,12 +591,29 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
         }
         /* Sites live as long as the translation; leaked on re-translation (bounded by
          * the number of re-translations of probed blocks). */
+#if TK_PLUGIN_API == 4
+        size_t first = 0;
+        size_t n_caps = probe ? captures_at(pc, &first) : 0;
+        struct site *s = malloc(sizeof(*s) + n_caps * sizeof(struct capture));
+#else
         struct site *s = malloc(sizeof(*s));
+#endif
         if (!s) {
             continue;
         }
         s->pc = pc;
         s->after = n - i;
+#if TK_PLUGIN_API == 4
+        s->n_caps = n_caps;
+        if (n_caps) {
+            memcpy(s->caps, captures + first, n_caps * sizeof(struct capture));
+            /* R_REGS only where registers are read: it makes TCG sync its globals
+             * before the call, which the plain probes do not need. */
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, on_probe_values,
+                                                   QEMU_PLUGIN_CB_R_REGS, s);
+            continue;
+        }
+#endif
         qemu_plugin_register_vcpu_insn_exec_cb(insn, probe ? on_probe : on_gic_sysreg,
                                                QEMU_PLUGIN_CB_NO_REGS, s);
     }
@@ -443,6 +661,66 @@ static bool push_pc(uint64_t **list, size_t *n, size_t *cap, uint64_t pc)
     return true;
 }
 
+#if TK_PLUGIN_API == 4
+/* The slot of a register name, interned on first use; -1 when the table is full. */
+static int reg_slot(const char *name)
+{
+    for (int i = 0; i < n_reg_names; i++) {
+        if (strcmp(reg_names[i], name) == 0) {
+            return i;
+        }
+    }
+    if (n_reg_names == MAX_REGS) {
+        return -1;
+    }
+    snprintf(reg_names[n_reg_names], MAX_NAME, "%s", name);
+    return n_reg_names++;
+}
+
+/* One "c" line (after the "c "): false when malformed or beyond the limits. */
+static bool parse_capture(const char *text, struct capture *c)
+{
+    char name[MAX_NAME], reg[MAX_NAME];
+    int used = 0;
+    unsigned int n_loads;
+    memset(c, 0, sizeof(*c));
+    if (sscanf(text, "%" SCNx64 " %31s %31s %u%n", &c->pc, name, reg, &n_loads, &used) != 4 ||
+        n_loads > MAX_LOADS) {
+        return false;
+    }
+    text += used;
+    for (unsigned int i = 0; i < n_loads; i++) {
+        if (sscanf(text, " %" SCNu64 "%n", &c->loads[i], &used) != 1) {
+            return false;
+        }
+        text += used;
+    }
+    if (sscanf(text, " %" SCNu64 " %d", &c->offset, &c->size) != 2 ||
+        !(c->size == 0 || c->size == 1 || c->size == 2 || c->size == 4 || c->size == 8 ||
+          c->size == -1 || c->size == -2 || c->size == -4)) {
+        return false;
+    }
+    c->n_loads = n_loads;
+    snprintf(c->name, MAX_NAME, "%s", name);
+    const char *regname = reg;
+    char xreg[MAX_NAME];
+    if (reg[0] == 'w' && reg[1] >= '0' && reg[1] <= '9') {
+        c->mask32 = true; /* w<n>: the low half of x<n> (GDB names only x<n> here) */
+        snprintf(xreg, sizeof(xreg), "x%s", reg + 1);
+        regname = xreg;
+    }
+    c->reg = strcmp(regname, "pc") == 0 ? REG_PC : reg_slot(regname);
+    return c->reg != -1 || strcmp(regname, "pc") == 0;
+}
+
+static int cmp_capture(const void *a, const void *b)
+{
+    const struct capture *x = a, *y = b;
+    /* Order within a pc does not matter: TKV names every value. */
+    return x->pc < y->pc ? -1 : x->pc > y->pc;
+}
+#endif
+
 static int load_probes(const char *path)
 {
     free(probes);
@@ -450,13 +728,39 @@ static int load_probes(const char *path)
     probes = mem_sites = NULL;
     n_probes = n_mem_sites = 0;
     size_t cap_probes = 0, cap_sites = 0;
+#if TK_PLUGIN_API == 4
+    free(captures);
+    captures = NULL;
+    n_captures = 0;
+    size_t cap_captures = 0;
+#endif
     FILE *f = fopen(path, "r");
     if (!f) {
         fprintf(stderr, "tk_timebase: cannot open probes file %s\n", path);
         return -1;
     }
-    char line[64];
+    char line[512];
     while (fgets(line, sizeof(line), f)) {
+        if (line[0] == 'c' && line[1] == ' ') {
+#if TK_PLUGIN_API == 4
+            struct capture c;
+            if (!parse_capture(line + 2, &c)) {
+                fprintf(stderr, "tk_timebase: bad capture line: %s", line);
+                continue;
+            }
+            if (n_captures == cap_captures) {
+                size_t grown_cap = cap_captures ? cap_captures * 2 : 64;
+                struct capture *grown = realloc(captures, grown_cap * sizeof(*grown));
+                if (!grown) {
+                    break;
+                }
+                captures = grown;
+                cap_captures = grown_cap;
+            }
+            captures[n_captures++] = c;
+#endif
+            continue;
+        }
         bool site = line[0] == 'm' && line[1] == ' ';
         const char *text = site ? line + 2 : line;
         char *end;
@@ -476,6 +780,11 @@ static int load_probes(const char *path)
     if (mem_sites) {
         qsort(mem_sites, n_mem_sites, sizeof(*mem_sites), cmp_u64);
     }
+#if TK_PLUGIN_API == 4
+    if (captures) {
+        qsort(captures, n_captures, sizeof(*captures), cmp_capture);
+    }
+#endif
     return 0;
 }
 
@@ -495,6 +804,7 @@ EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int
         }
     }
 #if TK_PLUGIN_API == 4
+    scratch = g_byte_array_new();
     qemu_plugin_register_vcpu_init_cb(id, on_vcpu_init);
 #endif
     qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
