@@ -164,3 +164,27 @@ def test_qemu_refusing_to_start_is_explained_by_its_own_words(tmp_path: Path) ->
     assert "Traceback" not in out.stderr
     assert "QEMU exited during start-up (code 1)" in out.stderr, out.stderr
     assert "undefined symbol: qemu_plugin_register_vcpu_tb_exec_inline" in out.stderr
+
+
+def test_plugin_values_on_a_qemu_below_plugin_api_4_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """QEMU 7.2's plugins cannot read registers or memory: --plugin-values says so and
+    what to do, before QEMU starts."""
+    fake = tmp_path / "qemu-system-aarch64"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "QEMU emulator version 7.2.22"; exit 0; fi\n'
+        f"touch {tmp_path}/started; exit 1\n"
+    )
+    fake.chmod(0o755)
+    out = run_tracekit(
+        "record", "--scenario", "ipi", "--plugin-values", "-o", str(tmp_path / "t.pftrace"),
+        env={"TRACEKIT_QEMU": str(fake), "COLUMNS": "300"},
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "--plugin-values needs a QEMU whose TCG plugin API is >= 4" in lines[0]
+    assert "speaks API 1" in lines[0] and "TRACEKIT_QEMU" in lines[0]
+    assert not (tmp_path / "started").exists()

@@ -23,6 +23,8 @@ def test_plugin_builds_for_each_api(api: int, tmp_path: Path) -> None:
     plugin_calls = {s for s in undefined if s.startswith("qemu_plugin_")}
     assert ("qemu_plugin_register_vcpu_tb_exec_inline" in plugin_calls) == (api == 1)
     assert ("qemu_plugin_register_vcpu_tb_exec_cb" in plugin_calls) == (api == 4)
+    # Reading captures (TKV) exists only where QEMU exports it (API 4: QEMU >= 9.2).
+    assert ("qemu_plugin_read_memory_vaddr" in plugin_calls) == (api == 4)
     assert {"qemu_plugin_version", "qemu_plugin_install"} <= {
         ln.split()[-1] for ln in dyn.stdout.splitlines() if " D " in ln or " T " in ln
     }

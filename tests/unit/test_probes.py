@@ -94,3 +94,44 @@ def test_an_unknown_role_is_refused_with_a_suggestion(tmp_path: Path) -> None:
         ConfigError, match="role 'queu' is not one the model knows; did you mean 'queue'"
     ):
         load_probe_set(str(bad))
+
+
+def test_plugin_values_make_stop_probes_stamp_only(tmp_path: Path) -> None:
+    from tracekit.probes.resolve import ResolvedProbeSet
+    from tracekit.record.stamps import plugin_probe_file
+
+    f = tmp_path / "p.toml"
+    f.write_text(PROBES.format(more=OTHER))
+    pset = load_probe_set(str(f))
+    plain = resolve_probes(pset, table(), image(), lambda m: 56)
+    assert plain.probes[0].stops and plain.probes[0].programs == ()
+    res = resolve_probes(pset, table(), image(), lambda m: 56, "nvhe", plugin_values=True)
+    a = res.probes[0]
+    assert not a.stops and res.stop_probes() == []
+    assert [c.name for c in a.programs] == ["intid", "@cpsr", "@hcr"]
+    assert a.gdb_captures == ()
+    text = plugin_probe_file(ResolvedProbeSet(res.probes, (), ()))
+    assert f"c {a.stamp_address:x} intid x1 0 56 4\n" in text
+    assert f"c {a.stamp_address:x} @hcr HCR_EL2 0 0 0\n" in text
+    # --read-values: GDB stops again (the reference) and the plugin's reads are checked.
+    both = resolve_probes(
+        pset, table(), image(), lambda m: 56, plugin_values=True, read_values=True
+    )
+    assert both.probes[0].stops and both.probes[0].gdb_captures
+    assert [c.name for c in both.probes[0].programs] == ["intid", "@cpsr"]
+
+
+def test_the_plugin_refuses_nothing_silently(tmp_path: Path) -> None:
+    import dataclasses
+
+    from tracekit.probes.program import CaptureProgram
+    from tracekit.probes.resolve import ResolvedProbeSet
+    from tracekit.record.stamps import MAX_CAPTURES, plugin_probe_file
+
+    f = tmp_path / "p.toml"
+    f.write_text(PROBES.format(more=OTHER))
+    res = resolve_probes(load_probe_set(str(f)), table(), image(), lambda m: 56, plugin_values=True)
+    many = tuple(CaptureProgram(f"v{i}", "x0") for i in range(MAX_CAPTURES + 1))
+    big = dataclasses.replace(res.probes[0], programs=many)
+    with pytest.raises(ConfigError, match="plugin reads at most 48"):
+        plugin_probe_file(ResolvedProbeSet((big, *res.probes[1:]), (), ()))

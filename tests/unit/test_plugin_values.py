@@ -1,0 +1,132 @@
+"""Values the QEMU >= 9.2 plugin read itself (``TKV`` lines, record --plugin-values):
+parsing, merging into events, the host/guest decision, and the check against GDB."""
+
+from __future__ import annotations
+
+import pytest
+
+from tracekit.record.merge import GdbHit, MergeStats, ProbeInfo, merge
+from tracekit.record.qemulog import LogStats, MemoryAccess, ProbeTiming, parse_qemu_log
+
+pytestmark = pytest.mark.unit
+
+HOST = "@cpsr=60402009"  # EL2h (CPSR.M[3:2] = 2): the VHE host
+GUEST = "@cpsr=3c5"  # EL1h: the L2 guest
+NAMES = ("intid", "target_vcpu", "@cpsr")
+QUEUE = ProbeInfo("q", 0x10, "A", "queue", "timing", plugin_values=NAMES)
+
+
+def test_a_values_line_joins_the_timing_it_follows() -> None:
+    st = LogStats()
+    log = [
+        "TKP 0 10 5",
+        f"TKV 0 10 5 intid=1b target_vcpu=1 {HOST}",
+        "TKP 1 20 6",
+        "TKM 1 30 ffff0000",
+        "TKV 1 20 6 intid=1",  # not right after its TKP: never joined to it
+        "TKP 0 10 7",
+        "TKV 0 10 7 intid=? target_vcpu=?r",
+    ]
+    items = list(parse_qemu_log(log, st))
+    assert items == [
+        ProbeTiming(0, 0x10, 5, {"intid": 0x1B, "target_vcpu": 1, "@cpsr": 0x60402009}),
+        ProbeTiming(1, 0x20, 6),
+        MemoryAccess(1, 0x30, 0xFFFF0000),
+        ProbeTiming(0, 0x10, 7, {"intid": None, "target_vcpu": None}),
+    ]
+    assert st.value_lines == 2 and st.orphan_value_lines == 1 and st.probe_lines == 3
+
+
+def test_a_torn_values_line_is_ignored() -> None:
+    st = LogStats()
+    items = list(parse_qemu_log(["TKP 0 10 5", "TKV 0 10 5 intid=1b target_v"], st))
+    assert items == [ProbeTiming(0, 0x10, 5)] and st.ignored == 1
+
+
+def test_plugin_values_become_the_events_values_host_only() -> None:
+    log = [
+        "TKP 0 10 5",
+        f"TKV 0 10 5 intid=1b target_vcpu=1 {HOST}",
+        "TKP 1 10 6",
+        f"TKV 1 10 6 intid=1b target_vcpu=0 {GUEST}",
+        "TKP 0 10 7",
+        f"TKV 0 10 7 intid=? target_vcpu=0 {HOST}",
+        "TKP 0 10 8",  # its values missing
+    ]
+    st = MergeStats()
+    events = merge([], log, [QUEUE], st)
+    assert [(e.t, dict(e.values)) for e in events] == [
+        (5, {"intid": 0x1B, "target_vcpu": 1}),
+        (7, {"target_vcpu": 0}),  # unreadable: left out, never 0
+    ]
+    assert st.discarded_non_host == 1
+    assert st.plugin_values_used == 3 and st.plugin_values_unreadable == 1
+    assert st.plugin_values_missing == 1
+    assert st.plugin_checks == {} and st.gdb_hits == 0
+
+
+def test_nvhe_host_is_el1_with_stage_2_off() -> None:
+    probe = ProbeInfo("q", 0x10, "A", "queue", "timing", plugin_values=("intid", "@cpsr", "@hcr"))
+    log = [
+        "TKP 0 10 5",
+        "TKV 0 10 5 intid=1 @cpsr=3c5 @hcr=80000000",  # EL1, HCR_EL2.VM = 0: the host
+        "TKP 0 10 6",
+        "TKV 0 10 6 intid=2 @cpsr=3c5 @hcr=80000001",  # stage 2 on: the L2 guest
+    ]
+    st = MergeStats()
+    events = merge([], log, [probe], st, kvm_mode="nvhe")
+    assert [dict(e.values) for e in events] == [{"intid": 1}]
+    assert st.discarded_non_host == 1
+
+
+def test_frame_sources_come_from_plugin_read_frames_too() -> None:
+    probe = ProbeInfo("q", 0x10, "A", "queue", "timing", plugin_values=("ret1", "@cpsr"))
+    source = ProbeInfo("src", 0x100, "A", "source_timer", "timing", code=(0x100, 0x200))
+    log = ["TKP 0 10 5", f"TKV 0 10 5 ret1=180 {HOST}"]
+    events = merge([], log, [probe, source], MergeStats())
+    assert events[0].values == {"ret1": 0x180, "src.src": 1}
+
+
+def test_with_gdb_reads_gdb_is_kept_and_every_plugin_value_checked() -> None:
+    probe = ProbeInfo("q", 0x10, "A", "queue", "stop", plugin_values=NAMES)
+    hits = [
+        GdbHit("q", 0, 0x10, {"intid": 0x1B, "target_vcpu": 1}),
+        GdbHit("q", 0, 0x10, {"intid": 0x1C, "target_vcpu": 0}),
+        GdbHit("q", 0, 0x10, {}),  # GDB could not read this one
+    ]
+    log = [
+        "TKP 0 10 5",
+        f"TKV 0 10 5 intid=1b target_vcpu=1 {HOST}",
+        "TKP 0 10 6",
+        f"TKV 0 10 6 intid=1c target_vcpu=? {HOST}",
+        "TKP 0 10 7",
+        f"TKV 0 10 7 intid=1 target_vcpu=1 {HOST}",
+    ]
+    st = MergeStats()
+    events = merge(hits, log, [probe], st)
+    assert [dict(e.values) for e in events] == [
+        {"intid": 0x1B, "target_vcpu": 1},
+        {"intid": 0x1C, "target_vcpu": 0},
+        {},
+    ]
+    assert st.plugin_checks == {
+        "@host.agreed": 3,
+        "intid.agreed": 2,
+        "intid.unchecked": 1,
+        "target_vcpu.agreed": 1,
+        "target_vcpu.disagreed": 1,
+        "target_vcpu.unchecked": 1,
+    }
+    # The first disagreement, named: probe, value, GDB's, the plugin's (None: unreadable), t.
+    assert st.plugin_disagreements == [("q", "target_vcpu", 0, None, 6)]
+    assert st.plugin_values_used == 0
+
+
+def test_a_host_decision_that_differs_from_gdbs_is_a_disagreement() -> None:
+    probe = ProbeInfo("q", 0x10, "A", "queue", "stop", plugin_values=NAMES)
+    hits = [GdbHit("q", 0, 0x10, {"intid": 1}, host=True)]
+    log = ["TKP 0 10 5", f"TKV 0 10 5 intid=1 {GUEST}"]
+    st = MergeStats()
+    merge(hits, log, [probe], st)
+    assert st.plugin_checks["@host.disagreed"] == 1
+    assert st.plugin_disagreements == [("q", "@host", 1, 0, 5)]
