@@ -24,7 +24,7 @@ from tracekit.errors import DebuggerError, TracekitError, VMError
 from tracekit.guest.assets import GuestAssets
 from tracekit.model.ground_truth import GroundTruth
 from tracekit.record.adapters import RealPeers
-from tracekit.record.arm import arm, roundtrip_ms
+from tracekit.record.arm import arm, relocation_probes, roundtrip_ms
 from tracekit.record.collect import keep_console, teardown
 from tracekit.record.finish import incomplete_reason, merge_recording
 from tracekit.record.hyp import HypProbes
@@ -117,7 +117,12 @@ class Recorder:
             self.on_update(self.stats)
             debugger = self._peers.debugger(self.raw_dir / "gdb-mi.log")
             try:
-                armed = arm(debugger, runtime, res.probes)
+                armed = arm(
+                    debugger,
+                    runtime,
+                    res.probes,
+                    relocation_probes(res.probes, self.opts.plugin_values),
+                )
             except DebuggerError as exc:
                 if vm.poll() is None:
                     raise
@@ -132,6 +137,7 @@ class Recorder:
                 self.opts.profile.kvm_mode,
                 self.stats,
                 hits_file,
+                armed.relocation,
             )
             debugger.resume()
             self.stats.phase = "booting L1"
