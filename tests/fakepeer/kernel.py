@@ -27,13 +27,28 @@ HYP_DELTA = VBAR_EL2 - HOST_VECTOR
 PROBE_SET = "linux-6.1"
 
 
-def resolution(kvm_mode: str = "vhe", *, skip_entry: frozenset[str] = frozenset()) -> Resolution:
+def resolution(
+    kvm_mode: str = "vhe",
+    *,
+    skip_entry: frozenset[str] = frozenset(),
+    plugin_values: bool = False,
+) -> Resolution:
+    """``plugin_values``: as record --plugin-values resolves (stop probes read by the
+    plugin, no GDB stop)."""
+    from tracekit.probes.program import CaptureProgram, world_programs
+
     pset = load_probe_set(PROBE_SET)
     probes = []
     for i, spec in enumerate(s for s in pset.probes if kvm_mode in s.kvm_modes):
         base = HYP_BASE + 0x1000 if spec.hyp else KERNEL_BASE
-        stops = spec.mode == "stop"
+        stops = spec.mode == "stop" and not plugin_values
         captures = tuple((name, f"$x{n}") for n, name in enumerate(spec.capture)) if stops else ()
+        programs = (
+            tuple(CaptureProgram(name, f"x{n}") for n, name in enumerate(spec.capture))
+            + world_programs(kvm_mode)
+            if plugin_values and spec.mode == "stop"
+            else ()
+        )
         probes.append(
             ResolvedProbe(
                 spec,
@@ -43,6 +58,7 @@ def resolution(kvm_mode: str = "vhe", *, skip_entry: frozenset[str] = frozenset(
                 captures,
                 skip_entry=spec.name in skip_entry,
                 stops=stops,
+                programs=programs,
             )
         )
     symbols = SymbolTable.from_dict([[HOST_VECTOR, "t", pset.hyp_host_vector]])

@@ -130,7 +130,7 @@ class Machine:
         assert self.probe_file is not None
         self.stamped = set()
         for line in self.probe_file.read_text().splitlines():
-            if line and not line.startswith("m "):
+            if line and not line.startswith(("m ", "c ")):
                 self.stamped.add(int(line, 16))
 
     def stamp(self, cpu: int, pc: int) -> None:

@@ -68,3 +68,44 @@ def test_vbar_that_is_not_the_host_vector_is_refused(tmp_path: Path) -> None:
     assert rec.result.incomplete_reason.startswith("VBAR_EL2 0x1234 is not the nVHE host vector")
     assert "kvm-arm.mode=nvhe" in rec.result.incomplete_reason
     rec.assert_nothing_left()
+
+
+def test_plugin_values_stop_only_to_relocate(tmp_path: Path) -> None:
+    """--plugin-values: no probe stops for values, but the hyp probes still learn their
+    EL2 addresses at the first host stop, at relocation-only breakpoints: the one hit
+    stays until its next hit (GDB's step over it flushes QEMU's translations after the
+    probe file was rewritten, stops.py), the others go at once; nothing is read."""
+    res = kernel.resolution("nvhe", plugin_values=True)
+    assert res.probes.stop_probes() == []
+    relocation = [p for p in res.probes.probes if p.spec.mode == "stop"]
+    steps: list[Hit | Run | Say] = [
+        Say(kernel.ready("nvhe")),
+        Hit(STOP, el=1, hcr=0),  # relocation happens here
+        Run(HYP[0]),
+        Hit(STOP, el=1, hcr=0),  # its breakpoint goes
+        Run(HYP[0]),
+        Say(kernel.ground_truth()),
+        Say(kernel.done()),
+    ]
+    rec = record(
+        tmp_path,
+        steps,
+        kvm_mode="nvhe",
+        res=res,
+        opts=kernel.options(tmp_path, "nvhe", plugin_values=True),
+        hyp_delta=kernel.HYP_DELTA,
+        vbar_el2=kernel.VBAR_EL2,
+    )
+    assert rec.result.ended_by == "ground-truth" and rec.result.error is None
+    meta = rec.result.meta
+    assert meta["hyp_va_delta"] == kernel.HYP_DELTA and meta["plugin_values"] is True
+    calls = rec.machine.calls
+    inserted = [c for c in calls if c.startswith("gdb.break-insert")]
+    assert inserted[: len(relocation)] == [f"gdb.break-insert {p.address:#x}" for p in relocation]
+    assert rec.machine.breakpoints == {}  # every relocation breakpoint removed
+    assert rec.hits() == [] and meta["stops"] == 2
+    assert meta["merge"]["per_probe"][HYP[0]] == 2
+    programs = [ln for ln in (rec.raw / "probes.txt").read_text().splitlines() if ln[:2] == "c "]
+    assert programs and all(
+        ln.split()[2] != "@hcr" or ln.split()[3] == "HCR_EL2" for ln in programs
+    )
