@@ -63,6 +63,7 @@ def run_bench(
     tools: ToolPaths,
     *,
     export_events: int,
+    plugin_values: bool = False,
     report: Callable[[str], None] = lambda _m: None,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {
@@ -71,6 +72,7 @@ def run_bench(
         "vcpus": req.vcpus,
         "machine": profile.name,
         "export_events": export_events,
+        "plugin_values": plugin_values,
         "host": os.uname().machine,
         "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d"),
@@ -86,6 +88,7 @@ def run_bench(
             req,
             profile,
             work / "bench.pftrace",
+            plugin_values=plugin_values,
             workload_sources=load_scenarios().workload_sources,
         )
         rec = Recorder(opts, assets, tools).run()
@@ -137,6 +140,15 @@ def run_bench(
             },
         }
     )
+    if stops == 0:
+        # No stop to share the cost between (record --plugin-values): not a figure.
+        for name in (
+            "host_ms_per_stop",
+            "host_ms_per_stop_raw",
+            "host_ms_per_stop_paused",
+            "host_ms_per_stop_after",
+        ):
+            results[name] = None
     results["targets"] = {
         name: {
             "target": f"{op} {value:g}",

@@ -41,9 +41,20 @@ ROWS = (
     show_default=True,
     help="Synthetic raw events for the export benchmark.",
 )
+@click.option(
+    "--plugin-values",
+    is_flag=True,
+    help="Trace with `record --plugin-values` (the plugin reads the values; QEMU >= 9.2).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(
-    scenario_name: str, count: int, vcpus: int, machine: str, export_events: int, as_json: bool
+    scenario_name: str,
+    count: int,
+    vcpus: int,
+    machine: str,
+    export_events: int,
+    plugin_values: bool,
+    as_json: bool,
 ) -> int:
     """Measure tracing overhead (untraced vs traced, one run) and export throughput."""
     from tracekit.bench.run import run_bench
@@ -59,6 +70,7 @@ def bench(
             load_assets(),
             load_tools(),
             export_events=export_events,
+            plugin_values=plugin_values,
             report=lambda m: status.update(f"benchmarking: {m}"),
         )
     if as_json:
@@ -75,6 +87,7 @@ def bench(
     for key, label in ROWS:
         t = res["targets"].get(key)
         mark = "" if t is None else ("[green]met[/]" if t["met"] else "[red]not met[/]")
-        table.add_row(label, str(res[key]), t["target"] if t else "", mark)
+        value = "-" if res[key] is None else str(res[key])
+        table.add_row(label, value, t["target"] if t else "", mark)
     Console().print(table)
     return 0

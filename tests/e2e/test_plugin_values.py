@@ -1,0 +1,115 @@
+"""``record --plugin-values`` on QEMU 10.0 (plugin API 4): the TCG plugin reads the
+probes' values itself, so a recording needs no debugger stop for them (issue #14).
+
+The QEMU is the host's own when it speaks plugin API 4 (Debian 13), else
+``$TRACEKIT_QEMU10``, else ``/var/tmp/qemu10/usr/bin/qemu-system-aarch64`` (Debian 12:
+bookworm-backports' QEMU unpacked there, docs/support.md). Missing, the tests fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli import run_tracekit
+from tests.trace_check import assert_trace_ok
+
+pytestmark = pytest.mark.e2e
+
+UNPACKED = Path("/var/tmp/qemu10/usr/bin/qemu-system-aarch64")
+CLASSES = ("hardware", "virtual", "ipi")
+
+
+def qemu10() -> str:
+    from tracekit.config import load_tools
+    from tracekit.errors import TracekitError
+    from tracekit.vm.plugin import qemu_plugin_api
+
+    candidates = [load_tools().qemu, os.environ.get("TRACEKIT_QEMU10", ""), str(UNPACKED)]
+    for qemu in filter(None, candidates):
+        try:
+            if qemu_plugin_api(qemu) >= 4:
+                return qemu
+        except TracekitError:
+            continue
+    pytest.fail(
+        "no QEMU with TCG plugin API 4 (QEMU 10.0) for --plugin-values: the host's QEMU is"
+        f" older and neither $TRACEKIT_QEMU10 nor {UNPACKED} is one. On Debian 13 the host's"
+        " qemu-system-arm is; on Debian 12 unpack bookworm-backports' qemu-system-arm and"
+        " qemu-system-data (apt-get download ...; dpkg-deb -x PKG.deb /var/tmp/qemu10) or"
+        " set TRACEKIT_QEMU10=PATH",
+        pytrace=False,
+    )
+
+
+def _record(out: Path, *extra: str) -> dict[str, Any]:
+    proc = run_tracekit(
+        "record", "--scenario", "mixed", "--count", "20", "--plugin-values", "--json",
+        "-o", str(out), *extra,
+        timeout=1200,
+        env={"TRACEKIT_QEMU": qemu10()},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_trace_ok(out)
+    meta = json.loads(out.with_suffix(".raw").joinpath("meta.json").read_text())
+    return {"summary": json.loads(proc.stdout), "meta": meta, "stderr": proc.stderr}
+
+
+def _assert_chains_equal_ground_truth(summary: dict[str, Any]) -> None:
+    for cls in CLASSES:
+        c = summary["classes"][cls]
+        assert c["complete_chains"] == c["ground_truth"] > 0, (cls, c)
+        assert c["partial_chains"] == 0, (cls, c)
+    assert summary["phases_seen"] == ["A", "B", "C", "D", "E", "F"]
+
+
+@pytest.fixture(scope="module")
+def plugin_only(tmp_path_factory: pytest.TempPathFactory, guest_assets: object) -> dict[str, Any]:
+    return _record(tmp_path_factory.mktemp("pv") / "a.pftrace")
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory: pytest.TempPathFactory, guest_assets: object) -> dict[str, Any]:
+    return _record(tmp_path_factory.mktemp("pv") / "b.pftrace", "--read-values")
+
+
+@pytest.fixture(scope="module")
+def nvhe(tmp_path_factory: pytest.TempPathFactory, guest_assets: object) -> dict[str, Any]:
+    return _record(tmp_path_factory.mktemp("pv") / "n.pftrace", "--kvm-mode", "nvhe")
+
+
+def test_chains_equal_ground_truth_without_a_debugger_stop(plugin_only: dict[str, Any]) -> None:
+    _assert_chains_equal_ground_truth(plugin_only["summary"])
+    meta = plugin_only["meta"]
+    assert plugin_only["summary"]["stops"] == meta["stops"] == 0
+    merge = meta["merge"]
+    assert merge["debug_stops"] == 0 and merge["gdb_hits"] == 0  # QEMU's own count agrees
+    assert merge["plugin_values_used"] > 0
+    assert merge["plugin_values_missing"] == merge["plugin_values_unreadable"] == 0
+    assert merge["plugin_orphan_value_lines"] == 0
+    # The values the stops read are there: every queue names its INTID and target.
+    assert merge["per_probe"]["vgic_queue_irq_unlock"] > 0
+    assert meta["plugin_values"] is True
+
+
+def test_every_plugin_value_agrees_with_gdb(checked: dict[str, Any]) -> None:
+    _assert_chains_equal_ground_truth(checked["summary"])
+    merge = checked["meta"]["merge"]
+    checks = merge["plugin_checks"]
+    assert not [k for k in checks if k.endswith(".disagreed")], merge["plugin_disagreements"]
+    assert sum(v for k, v in checks.items() if k.endswith(".agreed")) > 1000
+    assert checks["@host.agreed"] == checked["meta"]["stops"] > 0
+    assert "0 disagree" in checked["stderr"]
+
+
+def test_nvhe_stops_only_to_relocate_the_hyp_probes(nvhe: dict[str, Any]) -> None:
+    _assert_chains_equal_ground_truth(nvhe["summary"])
+    meta = nvhe["meta"]
+    assert meta["kvm_mode"] == "nvhe" and meta["hyp_va_delta"] is not None
+    assert meta["stops"] == 2  # the relocation stop and its breakpoint's removal
+    assert meta["merge"]["exceptions_unpaired"] == 0
+    assert meta["merge"]["plugin_values_missing"] == 0
