@@ -5,8 +5,10 @@
  * Why: under -icount shift=0 one guest nanosecond is one executed instruction, and a
  * debugger stop freezes that clock, so "instructions executed so far (all vCPUs)" is a
  * timeline debugger overhead cannot stretch (docs/timebase.md). The plugin API of QEMU
- * 7.2 (version 1) cannot read registers, so values still come from GDB; this plugin only
- * says *when* each probe PC executed and *when* each GIC system register was accessed.
+ * 7.2 (version 1) cannot read registers, so values come from GDB there; this plugin says
+ * *when* each probe PC executed and *when* each GIC system register was accessed. Built
+ * for API 4 (QEMU >= 9.2) it can also read a probe's values itself (TKV, record
+ * --plugin-values), so those probes need no debugger stop.
  *
  * Output, through QEMU's log (-d plugin -D FILE), interleaved in execution order with
  * QEMU's own trace events (the log backend writes to the same file):
