@@ -130,3 +130,19 @@ def test_a_host_decision_that_differs_from_gdbs_is_a_disagreement() -> None:
     merge(hits, log, [probe], st)
     assert st.plugin_checks["@host.disagreed"] == 1
     assert st.plugin_disagreements == [("q", "@host", 1, 0, 5)]
+
+
+def test_record_fails_naming_the_first_disagreement() -> None:
+    from tracekit.cli.record import _check_plugin_values
+    from tracekit.errors import GroundTruthError
+
+    agreeing = {"plugin_checks": {"intid.agreed": 3, "@host.agreed": 3}}
+    _check_plugin_values(agreeing, read_values=True)
+    disagreeing = {
+        "plugin_checks": {"intid.agreed": 2, "intid.disagreed": 1},
+        "plugin_disagreements": [["q", "intid", 27, 28, 500]],
+    }
+    with pytest.raises(GroundTruthError, match=r"intid.disagreed.*first: .*'q', 'intid', 27, 28"):
+        _check_plugin_values(disagreeing, read_values=True)
+    with pytest.raises(GroundTruthError, match="2 probe timings came without"):
+        _check_plugin_values({"plugin_values_missing": 2}, read_values=False)

@@ -239,16 +239,16 @@ def _check_plugin_values(merge_meta: dict[str, Any], read_values: bool) -> None:
     checks: dict[str, int] = merge_meta.get("plugin_checks") or {}
     agreed = sum(int(v) for k, v in checks.items() if k.endswith(".agreed"))
     disagreed = {k: v for k, v in checks.items() if k.endswith(".disagreed") and v}
-    err_console.print(
-        f"plugin-read values: {merge_meta.get('plugin_values_used', 0)} used,"
-        f" {merge_meta.get('plugin_values_unreadable', 0)} unreadable"
-        + (
-            f"; checked against GDB reads: {agreed} agree,"
+    if read_values:  # GDB's values are the ones kept; the plugin's are only checked
+        err_console.print(
+            f"plugin-read values checked against GDB reads: {agreed} agree,"
             f" {sum(int(v) for v in disagreed.values())} disagree"
-            if read_values
-            else ""
         )
-    )
+    else:
+        err_console.print(
+            f"plugin-read values: {merge_meta.get('plugin_values_used', 0)} used,"
+            f" {merge_meta.get('plugin_values_unreadable', 0)} unreadable"
+        )
     if disagreed:
         first = merge_meta.get("plugin_disagreements") or []
         raise GroundTruthError(
