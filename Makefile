@@ -8,9 +8,10 @@ setup:
 	@scripts/setup.sh
 
 ## The tests also check explain's source lines (the kernel's debug info, ~260 MB) and
-## record on a second kernel family (6.12): both fetched once and cached.
+## record on a second kernel family (6.12) and on QEMU 10 (on Debian 12 from
+## bookworm-backports, unpacked, never installed): fetched once and cached.
 setup-test:
-	@scripts/setup.sh --debug-info --extra-kernel 6.12
+	@scripts/setup.sh --debug-info --extra-kernel 6.12 --newer-qemu
 
 ## The main job on the built-in defaults: record the default scenario, print the summary.
 demo: setup

@@ -2,8 +2,8 @@
 probes' values itself, so a recording needs no debugger stop for them (issue #14).
 
 The QEMU is the host's own when it speaks plugin API 4 (Debian 13), else
-``$TRACEKIT_QEMU10``, else ``/var/tmp/qemu10/usr/bin/qemu-system-aarch64`` (Debian 12:
-bookworm-backports' QEMU unpacked there, docs/support.md). Missing, the tests fail.
+``$TRACEKIT_QEMU10``, else the one ``guest build --newer-qemu`` (``make test``'s set-up)
+unpacked into the cache from bookworm-backports (Debian 12). Missing, the tests fail.
 """
 
 from __future__ import annotations
@@ -20,16 +20,17 @@ from tests.trace_check import assert_trace_ok
 
 pytestmark = pytest.mark.e2e
 
-UNPACKED = Path("/var/tmp/qemu10/usr/bin/qemu-system-aarch64")
 CLASSES = ("hardware", "virtual", "ipi")
 
 
 def qemu10() -> str:
     from tracekit.config import load_tools
     from tracekit.errors import TracekitError
+    from tracekit.guest.newer_qemu import cached_newer_qemu
     from tracekit.vm.plugin import qemu_plugin_api
 
-    candidates = [load_tools().qemu, os.environ.get("TRACEKIT_QEMU10", ""), str(UNPACKED)]
+    cached = cached_newer_qemu()
+    candidates = [load_tools().qemu, os.environ.get("TRACEKIT_QEMU10", ""), str(cached or "")]
     for qemu in filter(None, candidates):
         try:
             if qemu_plugin_api(qemu) >= 4:
@@ -38,10 +39,9 @@ def qemu10() -> str:
             continue
     pytest.fail(
         "no QEMU with TCG plugin API 4 (QEMU 10.0) for --plugin-values: the host's QEMU is"
-        f" older and neither $TRACEKIT_QEMU10 nor {UNPACKED} is one. On Debian 13 the host's"
-        " qemu-system-arm is; on Debian 12 unpack bookworm-backports' qemu-system-arm and"
-        " qemu-system-data (apt-get download ...; dpkg-deb -x PKG.deb /var/tmp/qemu10) or"
-        " set TRACEKIT_QEMU10=PATH",
+        " older, $TRACEKIT_QEMU10 is not set to one and none is cached: run"
+        " `make setup-test` (it calls `tracekit guest build --newer-qemu`, which unpacks"
+        " bookworm-backports' QEMU 10 into the cache on Debian 12) or set TRACEKIT_QEMU10=PATH",
         pytrace=False,
     )
 

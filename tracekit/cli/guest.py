@@ -65,7 +65,16 @@ def guest() -> None:
     help="Also fetch and cache this kernel family of configs/guest.toml [kernels] (e.g."
     " 6.12), for `record --kernel FAMILY`; the default kernel is not changed.",
 )
-def build(force: bool, kernel: Path | None, debug_info: bool, extra: tuple[str, ...]) -> int:
+@click.option(
+    "--newer-qemu",
+    is_flag=True,
+    help="Also cache a QEMU with plugin API >= 4 when the host's is older (Debian 12:"
+    " 10.0 from bookworm-backports, unpacked, not installed), for the test suite's"
+    " `record --plugin-values` on QEMU 10; nothing is fetched where the host's QEMU is 10.",
+)
+def build(
+    force: bool, kernel: Path | None, debug_info: bool, extra: tuple[str, ...], newer_qemu: bool
+) -> int:
     """Download the L1 kernel and busybox, cross-compile the L2 VMM, pack the initramfs."""
     from tracekit.cli import err_console
     from tracekit.guest.assets import build_assets
@@ -86,6 +95,7 @@ def build(force: bool, kernel: Path | None, debug_info: bool, extra: tuple[str, 
             extras[family] = build_extra_kernel(
                 guest_cfg, tools, family, force=force, report=report
             )
+        newer = _newer_qemu(tools, force, report) if newer_qemu else None
         progress.update(task, description="guest assets ready")
     table = Table(title="guest assets")
     table.add_column("piece")
@@ -110,8 +120,17 @@ def build(force: bool, kernel: Path | None, debug_info: bool, extra: tuple[str, 
         table.add_row(
             f"kernel {family}", f"{meta['release']} ({meta['version']})", "", str(meta["image"])
         )
+    if newer is not None:
+        table.add_row("newer QEMU", newer["version"], "", newer["binary"])
     Console().print(table)
     return 0
+
+
+def _newer_qemu(tools: ToolPaths, force: bool, report: Callable[[str], None]) -> dict[str, str]:
+    from tracekit.guest.newer_qemu import fetch_newer_qemu
+    from tracekit.vm.plugin import qemu_plugin_api
+
+    return fetch_newer_qemu(tools, qemu_plugin_api(tools.qemu), force=force, report=report)
 
 
 def _debug_lines(
