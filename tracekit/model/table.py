@@ -32,6 +32,8 @@ from tracekit.model.chains import Chain, Exit, Reconstruction
 from tracekit.model.vocabulary import PHASES
 
 __all__ = [
+    "CHAIN_ROW",
+    "EXIT_ROW",
     "META_ARG",
     "META_KEYS",
     "ROW_ARG",
@@ -53,9 +55,10 @@ SCHEMA_VERSION = 1
 VERSION_ARG = "tracekit.table"
 #: On the recording instant: the recording's metadata (``META_KEYS`` of meta.json) as JSON.
 META_ARG = "tracekit.meta"
-#: On each row's slice: which kind of row its annotations are.
+#: On each row's slice: which kind of row its annotations are (a reader that walks the
+#: slices, like ``explain``, finds a chain's slice by ``args[ROW_ARG] == CHAIN_ROW``).
 ROW_ARG = "tracekit.row"
-_CHAIN, _EXIT = "chain", "exit"
+CHAIN_ROW, EXIT_ROW = "chain", "exit"
 #: The meta.json keys a trace keeps (what summary and explain read of the recording).
 META_KEYS = (
     "scenario",
@@ -191,7 +194,7 @@ class ChainRow:
         """The chain slice's annotations (None and "" are left out of the trace)."""
         missing = self.missing
         return {
-            ROW_ARG: _CHAIN,
+            ROW_ARG: CHAIN_ROW,
             "chain": self.id,
             "class": self.cls,
             "intid": self.intid,
@@ -282,7 +285,7 @@ class ExitRow:
 
     def to_args(self) -> dict[str, Any]:
         return {
-            ROW_ARG: _EXIT,
+            ROW_ARG: EXIT_ROW,
             "l1_cpu": self.cpu,
             "vcpu": self.vcpu,
             "vector": self.vector or None,
@@ -428,9 +431,9 @@ def read_table(
         if kind is None:
             continue
         try:
-            if kind == _CHAIN:
+            if kind == CHAIN_ROW:
                 chains.append(ChainRow.from_args(args))
-            elif kind == _EXIT:
+            elif kind == EXIT_ROW:
                 exits.append(ExitRow.from_args(args))
             else:
                 problems.append(f"unknown table row kind {kind!r}")
