@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracekit.model.events import RawEvent
+from tracekit.model.vocabulary import RETURN_ADDRESSES, SOURCE_MARK, Value
 from tracekit.record.qemulog import (
     ExceptionRecord,
     GicEvent,
@@ -151,7 +152,7 @@ def merge(
                 st.discarded_non_host += 1
                 continue
             values = {**values, **hit.values}
-            if functions and "ret1" in values:
+            if functions and _RET[0] in values:
                 values = {**values, **_frame_sources(values, functions)}
         st.per_probe[probe.name] = st.per_probe.get(probe.name, 0) + 1
         if probe.pointers:
@@ -201,8 +202,10 @@ def _attach_pointer(
     )
 
 
-#: Frames of a queue's call stack the probe set captures (ret1/fp1 .. ret6/fp6).
-MAX_FRAMES = 6
+#: The return addresses of a queue's call stack the probe set captures (ret1 .. ret6), as
+#: the plain strings events carry (model/vocabulary.py).
+_RET = tuple(v.value for v in RETURN_ADDRESSES)
+_EXCP, _ESR, _ELR = Value.EXCP.value, Value.ESR.value, Value.ELR.value
 
 
 def strip_pac(address: int) -> int:
@@ -226,22 +229,22 @@ def _frame_sources(
 
     out: dict[str, int] = {}
     starts = [f[0] for f in functions]
-    for k in range(1, MAX_FRAMES + 1):
-        ret = values.get(f"ret{k}")
+    for k, name in enumerate(_RET, 1):
+        ret = values.get(name)
         if ret is None:
             break
         addr = strip_pac(ret)
         i = bisect.bisect_right(starts, addr) - 1
         # A return address points after the call, so it is never a function's own entry.
         if i >= 0 and functions[i][0] < addr < functions[i][1]:
-            out.setdefault(f"src.{functions[i][2]}", k)
+            out.setdefault(f"{SOURCE_MARK}{functions[i][2]}", k)
     return out
 
 
 def _exception_values(rec: ExceptionRecord) -> dict[str, int]:
-    values = {"excp": rec.excp}
+    values = {_EXCP: rec.excp}
     if rec.esr is not None:
-        values["esr"] = rec.esr
+        values[_ESR] = rec.esr
     if rec.elr is not None:
-        values["elr"] = rec.elr
+        values[_ELR] = rec.elr
     return values
