@@ -24,6 +24,7 @@ from typing import Any
 
 from tracekit.model.events import RawEvent
 from tracekit.model.vocabulary import RETURN_ADDRESSES, SOURCE_MARK, Value
+from tracekit.probes.info import ProbeInfo
 from tracekit.record.qemulog import (
     ExceptionRecord,
     GicEvent,
@@ -32,23 +33,7 @@ from tracekit.record.qemulog import (
     parse_qemu_log,
 )
 
-__all__ = ["GdbHit", "MergeStats", "ProbeInfo", "merge"]
-
-
-@dataclass(frozen=True)
-class ProbeInfo:
-    name: str
-    address: int
-    phase: str
-    role: str
-    mode: str
-    #: Constant values every execution implies (ProbeSpec.implies).
-    implies: Mapping[str, int] = field(default_factory=dict)
-    #: (value name, access pc, offset) of its pointer sites (probes/pointer.py).
-    pointers: tuple[tuple[str, int, int], ...] = ()
-    #: [start, end) of its function's code, for ``frame`` probes (a queue's call stack
-    #: is matched against it: ``_frame_sources``).
-    code: tuple[int, int] | None = None
+__all__ = ["GdbHit", "MergeStats", "merge"]
 
 
 @dataclass(frozen=True)
