@@ -9,14 +9,17 @@ import json
 from pathlib import Path
 
 import pytest
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from rich.console import Console
 
+from tracekit.cli import main
 from tracekit.export.dump import dump_trace
 from tracekit.export.perfetto import export_trace
 from tracekit.export.reader import ParsedTrace, Placement, TrackInfo, parse_trace
 from tracekit.model.events import read_events
 from tracekit.model.incremental import reconstruct
 from tracekit.model.summary import summarize
+from tracekit.model.table import ROW_ARG, VERSION_ARG
 from tracekit.model.trace import Slice
 from tracekit.probes.spec import load_probe_set
 from tracekit.render.summary import render_summary
@@ -169,3 +172,41 @@ def test_summary_json_and_rendering_golden() -> None:
     console.print(render_summary(summary))
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert text == (GOLDEN / "mixed5.summary.txt").read_text()
+
+
+def _before_the_table(data: bytes) -> bytes:
+    """The trace as tracekit wrote it before the chain table: no schema version on the
+    recording instant, no row marks on the chain and exit slices."""
+    trace = pb.Trace()
+    trace.ParseFromString(data)
+    names: dict[int, str] = {}
+    for pkt in trace.packet:
+        for dn in pkt.interned_data.debug_annotation_names:
+            names[dn.iid] = dn.name
+        annotations = pkt.track_event.debug_annotations
+        kept = [
+            d
+            for d in annotations
+            if (d.name if d.HasField("name") else names.get(d.name_iid))
+            not in {VERSION_ARG, ROW_ARG}
+        ]
+        if len(kept) != len(annotations):
+            del annotations[:]
+            annotations.extend(kept)
+    return trace.SerializeToString()
+
+
+def test_summary_of_a_trace_before_the_table_says_to_re_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = tmp_path / "old.pftrace"
+    old.write_bytes(_before_the_table(build()))
+    content = parse_trace(old.read_bytes(), str(old))
+    assert content.problems == [] and content.table.chains == ()
+    with pytest.raises(SystemExit) as ended:
+        main(["summary", str(old)])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line, no traceback
+    assert err.startswith(f"tracekit: error: {old} was written by an older tracekit")
+    assert f"re-export it with `tracekit export {tmp_path / 'old.raw'}`" in err

@@ -10,8 +10,9 @@ import pytest
 from tracekit.errors import ConfigError
 from tracekit.model.context import infer_values
 from tracekit.model.events import RawEvent
+from tracekit.probes.info import ProbeInfo
 from tracekit.probes.spec import load_probe_set
-from tracekit.record.merge import MergeStats, ProbeInfo, merge
+from tracekit.record.merge import MergeStats, merge
 from tracekit.record.qemulog import ExceptionRecord, LogStats, parse_qemu_log
 
 pytestmark = pytest.mark.unit
@@ -47,9 +48,23 @@ def test_exception_records_parse_and_psci_calls_are_not_half_records() -> None:
 
 def test_exception_pairs_with_its_vector_probe_only() -> None:
     probes = [
-        ProbeInfo("sync", 0xFFFF800008012400, "B", "vector_sync", "timing", {"exit_code": 2}),
-        ProbeInfo("irq", 0xFFFF800008012480, "B", "vector_irq", "timing", {"exit_code": 0}),
-        ProbeInfo("other", 0x500, "D", "x", "timing"),
+        ProbeInfo(
+            name="sync",
+            address=0xFFFF800008012400,
+            phase="B",
+            role="vector_sync",
+            mode="timing",
+            implies={"exit_code": 2},
+        ),
+        ProbeInfo(
+            name="irq",
+            address=0xFFFF800008012480,
+            phase="B",
+            role="vector_irq",
+            mode="timing",
+            implies={"exit_code": 0},
+        ),
+        ProbeInfo(name="other", address=0x500, phase="D", role="x", mode="timing"),
     ]
     log = [
         *EXCEPTION_LOG.splitlines()[:5],

@@ -7,7 +7,8 @@ import pytest
 from tracekit.errors import ConfigError, DebuggerError
 from tracekit.gdb.mi import parse_record
 from tracekit.probes.capture import members_of, to_gdb
-from tracekit.record.merge import GdbHit, MergeStats, ProbeInfo, merge
+from tracekit.probes.info import ProbeInfo
+from tracekit.record.merge import GdbHit, MergeStats, merge
 from tracekit.record.qemulog import GicEvent, LogStats, ProbeTiming, parse_qemu_log
 
 pytestmark = pytest.mark.unit
@@ -48,7 +49,10 @@ def test_gic_event_without_marker_is_counted_not_guessed() -> None:
 
 
 def test_merge_pairs_kth_hit_with_kth_timing_per_cpu_and_pc() -> None:
-    probes = [ProbeInfo("q", 0x10, "A", "queue", "stop"), ProbeInfo("x", 0x20, "B", "x", "timing")]
+    probes = [
+        ProbeInfo(name="q", address=0x10, phase="A", role="queue", mode="stop"),
+        ProbeInfo(name="x", address=0x20, phase="B", role="x", mode="timing"),
+    ]
     hits = [
         GdbHit("q", 0, 0x10, {"intid": 1}),
         GdbHit("q", 0, 0x10, {"intid": 2}),

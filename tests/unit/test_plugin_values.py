@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tracekit.record.merge import GdbHit, MergeStats, ProbeInfo, merge
+from tracekit.probes.info import ProbeInfo
+from tracekit.record.merge import GdbHit, MergeStats, merge
 from tracekit.record.qemulog import LogStats, MemoryAccess, ProbeTiming, parse_qemu_log
 
 pytestmark = pytest.mark.unit
@@ -13,7 +14,9 @@ pytestmark = pytest.mark.unit
 HOST = "@cpsr=60402009"  # EL2h (CPSR.M[3:2] = 2): the VHE host
 GUEST = "@cpsr=3c5"  # EL1h: the L2 guest
 NAMES = ("intid", "target_vcpu", "@cpsr")
-QUEUE = ProbeInfo("q", 0x10, "A", "queue", "timing", plugin_values=NAMES)
+QUEUE = ProbeInfo(
+    name="q", address=0x10, phase="A", role="queue", mode="timing", plugin_values=NAMES
+)
 
 
 def test_a_values_line_joins_the_timing_it_follows() -> None:
@@ -66,7 +69,14 @@ def test_plugin_values_become_the_events_values_host_only() -> None:
 
 
 def test_nvhe_host_is_el1_with_stage_2_off() -> None:
-    probe = ProbeInfo("q", 0x10, "A", "queue", "timing", plugin_values=("intid", "@cpsr", "@hcr"))
+    probe = ProbeInfo(
+        name="q",
+        address=0x10,
+        phase="A",
+        role="queue",
+        mode="timing",
+        plugin_values=("intid", "@cpsr", "@hcr"),
+    )
     log = [
         "TKP 0 10 5",
         "TKV 0 10 5 intid=1 @cpsr=3c5 @hcr=80000000",  # EL1, HCR_EL2.VM = 0: the host
@@ -80,15 +90,31 @@ def test_nvhe_host_is_el1_with_stage_2_off() -> None:
 
 
 def test_frame_sources_come_from_plugin_read_frames_too() -> None:
-    probe = ProbeInfo("q", 0x10, "A", "queue", "timing", plugin_values=("ret1", "@cpsr"))
-    source = ProbeInfo("src", 0x100, "A", "source_timer", "timing", code=(0x100, 0x200))
+    probe = ProbeInfo(
+        name="q",
+        address=0x10,
+        phase="A",
+        role="queue",
+        mode="timing",
+        plugin_values=("ret1", "@cpsr"),
+    )
+    source = ProbeInfo(
+        name="src",
+        address=0x100,
+        phase="A",
+        role="source_timer",
+        mode="timing",
+        code=(0x100, 0x200),
+    )
     log = ["TKP 0 10 5", f"TKV 0 10 5 ret1=180 {HOST}"]
     events = merge([], log, [probe, source], MergeStats())
     assert events[0].values == {"ret1": 0x180, "src.src": 1}
 
 
 def test_with_gdb_reads_gdb_is_kept_and_every_plugin_value_checked() -> None:
-    probe = ProbeInfo("q", 0x10, "A", "queue", "stop", plugin_values=NAMES)
+    probe = ProbeInfo(
+        name="q", address=0x10, phase="A", role="queue", mode="stop", plugin_values=NAMES
+    )
     hits = [
         GdbHit("q", 0, 0x10, {"intid": 0x1B, "target_vcpu": 1}),
         GdbHit("q", 0, 0x10, {"intid": 0x1C, "target_vcpu": 0}),
@@ -123,7 +149,9 @@ def test_with_gdb_reads_gdb_is_kept_and_every_plugin_value_checked() -> None:
 
 
 def test_a_host_decision_that_differs_from_gdbs_is_a_disagreement() -> None:
-    probe = ProbeInfo("q", 0x10, "A", "queue", "stop", plugin_values=NAMES)
+    probe = ProbeInfo(
+        name="q", address=0x10, phase="A", role="queue", mode="stop", plugin_values=NAMES
+    )
     hits = [GdbHit("q", 0, 0x10, {"intid": 1}, host=True)]
     log = ["TKP 0 10 5", f"TKV 0 10 5 intid=1 {GUEST}"]
     st = MergeStats()

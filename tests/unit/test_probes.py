@@ -135,3 +135,39 @@ def test_the_plugin_refuses_nothing_silently(tmp_path: Path) -> None:
     big = dataclasses.replace(res.probes[0], programs=many)
     with pytest.raises(ConfigError, match="plugin reads at most 48"):
         plugin_probe_file(ResolvedProbeSet((big, *res.probes[1:]), (), ()))
+@pytest.mark.parametrize(
+    ("typo", "hint"),
+    [("intd", "did you mean 'intid'?"), ("gic_role", "use one of intid, target_vcpu")],
+)
+def test_an_unknown_capture_value_is_refused(tmp_path: Path, typo: str, hint: str) -> None:
+    f = tmp_path / "p.toml"
+    f.write_text(PROBES.format(more=OTHER).replace("capture.intid", f"capture.{typo}"))
+    with pytest.raises(ConfigError, match=rf"capture\.{typo} is not a value") as info:
+        load_probe_set(str(f))
+    assert hint in str(info.value)
+
+
+def test_an_unknown_infer_value_is_refused_with_a_suggestion(tmp_path: Path) -> None:
+    text = (Path(__file__).parents[2] / "configs/probes/linux-6.1.toml").read_text()
+    assert 'infer.vcpu = "resident_vcpu"' in text
+    bad = tmp_path / "p.toml"
+    bad.write_text(text.replace('infer.vcpu = "resident_vcpu"', 'infer.vpcu = "resident_vcpu"', 1))
+    with pytest.raises(
+        ConfigError, match=r"infer\.vpcu is not a value the model knows; did you mean 'vcpu'"
+    ):
+        load_probe_set(str(bad))
+
+
+def test_a_gic_role_is_not_a_probe_role(tmp_path: Path) -> None:
+    f = tmp_path / "p.toml"
+    f.write_text(PROBES.format(more=OTHER).replace('role = "queue"', 'role = "ack"', 1))
+    with pytest.raises(ConfigError, match="role 'ack' is not one the model knows"):
+        load_probe_set(str(f))
+
+
+def test_the_loaded_roles_are_the_vocabulary_s() -> None:
+    from tracekit.model.vocabulary import PROBE_ROLES, Role
+
+    ps = load_probe_set()
+    assert all(type(p.role) is Role and p.role in PROBE_ROLES for p in ps.probes)
+    assert ps.probes[0].role == "queue"  # a Role is its plain string

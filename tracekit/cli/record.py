@@ -129,11 +129,12 @@ def record(
 ) -> int:
     """Boot L1, run a scenario in L2 and record the L1 KVM interrupt path to a .pftrace."""
     from tracekit.cli import err_console
-    from tracekit.export.reader import read_trace
     from tracekit.guest.assets import assets_for_kernel
     from tracekit.guest.runner import validate_request
-    from tracekit.model.summary import summarize
+    from tracekit.model.summary import summarize_table
+    from tracekit.model.table import table_of
     from tracekit.probes.select import choose_probe_set
+    from tracekit.probes.spec import load_probe_set
     from tracekit.record.options import RecordOptions
     from tracekit.record.pipeline import export_raw
     from tracekit.record.recorder import Recorder
@@ -168,8 +169,14 @@ def record(
             on_update=lambda s: live.update(render_live(s, show_console)),
         )
         result = recorder.run()
-    report = export_raw(result.raw_dir, out, events=result.events, meta=result.meta)
-    summary = summarize(read_trace(out))
+    decoder = load_probe_set(str(result.meta.get("probe_set", chosen))).decoder
+    report = export_raw(
+        result.raw_dir, out, decoder=decoder, events=result.events, meta=result.meta
+    )
+    # The rows the exporter just wrote, from the same reconstruction: no reading the
+    # trace back. (So no trace_problems/unterminated_flows here: `tracekit summary` and
+    # `tracekit check` read the file.)
+    summary = summarize_table(table_of(report.reconstruction, decoder.describe, report.meta))
     summary["output"] = str(out)
     summary["raw_dir"] = str(result.raw_dir)
     merge_meta = result.meta.get("merge", {})
@@ -190,7 +197,6 @@ def record(
         click.echo(json.dumps(summary, indent=1))
     else:
         Console().print(render_summary(summary))
-    del report
     if result.ended_by == "interrupted":
         raise Interrupted(f"recording interrupted; the partial trace is {out}")
     if result.incomplete_reason:

@@ -23,16 +23,10 @@ def summary(trace: Path, as_json: bool) -> int:
     from tracekit.model.summary import summarize
     from tracekit.render.summary import render_summary
 
+    # A trace of another tool, or one written before the chain table, is a one-line
+    # TraceFileError from summarize (model/table.py says why and what to do).
     data = summarize(read_trace(trace))
     data["output"] = str(trace)
-    if (
-        not any(v["complete_chains"] + v["partial_chains"] for v in data["classes"].values())
-        and data["scenario"] is None
-    ):
-        raise TraceFileError(
-            f"{trace} is a Perfetto trace but not one written by tracekit",
-            hint="pass a .pftrace from `tracekit record`",
-        )
     if as_json:
         click.echo(json.dumps(data, indent=1))
     else:

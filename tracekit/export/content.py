@@ -4,6 +4,11 @@ guest" slices, A–F chains, counters and the trace's first and last instants.
 :class:`Exporter` turns what :class:`~tracekit.model.incremental.ChainBuilder` closes into
 packets on the tracks of :class:`~tracekit.export.layout.TrackLayout`; the loop that feeds
 it is :func:`tracekit.export.perfetto.export_events`.
+
+The annotations of the chain and exit slices are the rows of the chain table
+(``model/table.py``: :class:`~tracekit.model.table.ChainRow`, ``ExitRow``) that
+``summary`` reads back; the recording instant carries its metadata and schema version.
+Other annotations here are for the UI only.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from tracekit.export.layout import TrackLayout
 from tracekit.export.wire import TYPE_INSTANT
 from tracekit.model.chains import Chain, Entry, Exit
 from tracekit.model.events import RawEvent
+from tracekit.model.table import ChainRow, ExitRow, meta_args
 from tracekit.probes.spec import ExitDecoder
 
 __all__ = ["END_MARKER", "PHASE_TITLES", "Exporter"]
@@ -34,29 +40,7 @@ PHASE_TITLES = {
 }
 FLOW_BASE = 0x10000
 BUCKET_NS = 100_000
-#: Argument name of each phase's duration.
-_PHASE_KEYS = {p: f"phase_{p}_ns" for p in "ABCDEF"}
 _LR_STATES = {0: "invalid", 1: "pending", 2: "active", 3: "pending+active"}
-_META_KEYS = (
-    "scenario",
-    "count",
-    "vcpus",
-    "machine",
-    "kvm_mode",
-    "kernel_release",
-    "kernel_version",
-    "qemu_version",
-    "timebase",
-    "icount",
-    "ended_by",
-    "incomplete_reason",
-    "ground_truth",
-    "workload_sources",
-    "probe_locations",
-    "probe_lines",
-    "probe_set",
-    "kernel_family",
-)
 
 
 class Exporter(TrackLayout):
@@ -79,14 +63,16 @@ class Exporter(TrackLayout):
         #: Per vCPU, entries that ran the guest and wait for the vCPU's next exit:
         #: [eret_t, l1 cpu, earliest later exit start seen so far or None].
         self.in_guest: dict[int, list[list[Any]]] = {}
-        self.describe_cache: dict[tuple[int | None, int | None], tuple[str, dict[str, Any]]] = {}
+        self.describe_cache: dict[
+            tuple[int | None, int | None], tuple[str, tuple[str, str, str]]
+        ] = {}
         self.meta_written = False
         self.d_titles: dict[tuple[int | None, int | None], str] = {}
 
     def meta_instant(self, t0: int) -> None:
         meta, gt = self.meta, self.meta.get("ground_truth")
         args = {
-            "tracekit.meta": json.dumps({k: meta.get(k) for k in _META_KEYS}, sort_keys=True),
+            **meta_args(meta),
             "scenario": meta.get("scenario"),
             "kvm_mode": self.mode,
             "kernel": meta.get("kernel_release"),
@@ -98,20 +84,14 @@ class Exporter(TrackLayout):
         self.sink.add(self.enc.event(t0, TYPE_INSTANT, self.meta_track, "tracekit recording", args))
         self.meta_written = True
 
-    def _describe(self, code: int | None, esr: int | None) -> tuple[str, dict[str, Any]]:
-        """Exit slice title and the decoder's part of its arguments (cached)."""
+    def _describe(self, code: int | None, esr: int | None) -> tuple[str, tuple[str, str, str]]:
+        """Exit slice title and the decoder's description of the exit (cached)."""
         hit = self.describe_cache.get((code, esr))
         if hit is None:
-            name, ec, handler = self.decoder.describe(code, esr)
+            described = self.decoder.describe(code, esr)
+            name, ec, handler = described
             title_reason = (ec or name) + (f" -> {handler}" if ec else "")
-            args = {
-                "exit_code": code,
-                "exit_code_name": name,
-                "esr": f"{esr:#010x}" if esr is not None and name == "TRAP" else None,
-                "esr_class": ec or None,
-                "handler": handler or None,
-            }
-            hit = self.describe_cache[(code, esr)] = (title_reason, args)
+            hit = self.describe_cache[(code, esr)] = (title_reason, described)
         return hit
 
     def raw(self, ev: RawEvent, running: Mapping[int, int]) -> None:
@@ -216,11 +196,12 @@ class Exporter(TrackLayout):
         if not spans:
             return
         nest = self._cpu(ex.cpu)[0]
-        reason, dargs = self._describe(ex.code, ex.esr)
-        args = {"l1_cpu": ex.cpu, "vcpu": ex.vcpu, "vector": ex.vector or None, **dargs}
+        reason, described = self._describe(ex.code, ex.esr)
+        # The row (B, C and D as seen, wherever D is drawn), then the UI's extras.
+        durations = {p: s.end - s.start for p, s in spans.items()}
+        args = ExitRow.described(ex, described, durations).to_args()
         first = last = None
-        for p, s in spans.items():
-            args[_PHASE_KEYS[p]] = s.end - s.start
+        for s in spans.values():
             if first is None or s.start < first:
                 first = s.start
             if last is None or s.end > last:
@@ -309,25 +290,7 @@ class Exporter(TrackLayout):
         flows = (FLOW_BASE + chain.id,)
         ph = chain.phases
         missing = chain.missing  # a property that walks the phases: once
-        args: dict[str, Any] = {
-            "chain": chain.id,
-            "class": chain.cls,
-            "intid": chain.intid,
-            "vcpu": chain.vcpu,
-            "source": chain.source,
-            "source_kind": chain.source_kind or None,
-            "source_function": chain.source_function or None,
-            "complete": not missing,
-            "missing": ",".join(missing) or None,
-            "exit_reason": chain.exit_reason or None,
-            "lr": chain.lr,
-            "hw": chain.hw,
-            "source_l1_cpu": chain.source_cpu,
-            "sender_vcpu": chain.sender_vcpu,
-            "sgi1r": f"{chain.sgi1r:#x}" if chain.sgi1r is not None else None,
-        }
-        for name, span in ph.items():
-            args[_PHASE_KEYS[name]] = span.end - span.start
+        args = ChainRow.of(chain).to_args()
         if "A" in ph:
             source.slice(
                 next(self._order),

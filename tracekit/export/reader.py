@@ -1,7 +1,9 @@
 """Read a ``.pftrace`` back with the perfetto protos alone (no native binary).
 
 Checks what a trace must satisfy (every slice begin has its end on its track, every flow
-starts and ends) and returns slices, instants and counters with their debug annotations.
+starts and ends) and returns slices, instants and counters with their debug annotations,
+and the chain table those annotations hold (``model/table.py`` reads the rows: this
+module knows no argument or slice name).
 
 The result is a :class:`ParsedTrace`: the model's :class:`TraceContent` plus the layout a
 faithful dump needs (``export/dump.py``) and the model does not: each track's parent,
@@ -19,6 +21,7 @@ from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from tracekit.errors import TraceFileError
+from tracekit.model.table import read_table
 from tracekit.model.trace import Slice, TraceContent
 
 __all__ = [
@@ -88,7 +91,7 @@ def parse_trace(data: bytes, source: str = "trace") -> ParsedTrace:
         raise TraceFileError(
             f"{source} holds no trace packets", hint="pass a .pftrace written by `tracekit record`"
         )
-    content = ParsedTrace(packets=len(trace.packet))
+    content = ParsedTrace(packets=len(trace.packet), source=source)
     open_slices: dict[int, list[tuple[str, int, dict[str, Any], Placement]]] = defaultdict(list)
     # Interned event and annotation names (the exporter writes one sequence).
     names: dict[int, str] = {}
@@ -171,6 +174,10 @@ def parse_trace(data: bytes, source: str = "trace") -> ParsedTrace:
     for uuid, stack in open_slices.items():
         for open_name, _, _, _ in stack:
             content.problems.append(f"slice {open_name!r} on {content.tracks[uuid]!r} never ends")
+    content.table, problems = read_table(
+        (i.args for i in content.instants), (s.args for s in content.slices)
+    )
+    content.problems.extend(problems)
     return content
 
 

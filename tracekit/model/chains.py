@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tracekit.model.vocabulary import KIND_CLASSES, PHASES, UNKNOWN_CLASS
+from tracekit.model.vocabulary import KIND_CLASSES, PHASES, UNKNOWN_CLASS, Role
 
 __all__ = [
     "Ack",
@@ -32,12 +32,13 @@ __all__ = [
 
 
 #: What a source role's function injects from: the *kind* of a chain's source, read off
-#: the queue's own call stack (docs/phases.md, "Sources").
-SOURCE_KINDS = {
-    "source_timer": "timer",
-    "source_irqfd": "irqfd",
-    "source_irq_line": "irq_line",
-    "source_sgi": "sgi",
+#: the queue's own call stack (docs/phases.md, "Sources"). Keyed by the roles' plain
+#: strings: the model looks events' roles up in it (model/vocabulary.py).
+SOURCE_KINDS: dict[str, str] = {
+    Role.SOURCE_TIMER.value: "timer",
+    Role.SOURCE_IRQFD.value: "irqfd",
+    Role.SOURCE_IRQ_LINE.value: "irq_line",
+    Role.SOURCE_SGI.value: "sgi",
 }
 SOURCE_LABELS = {
     "timer": "arch timer",

@@ -41,10 +41,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tracekit.model.events import RawEvent
+from tracekit.model.vocabulary import Role, Value
 
 __all__ = ["InferenceResult", "infer_values"]
 
-VECTOR_ROLES = ("vector_sync", "vector_irq")
+# The roles and value names read per event, as the plain strings events carry: bound
+# once (an enum attribute costs more than the rule using it, model/vocabulary.py).
+_VCPU_LOAD, _VCPU_PUT, _QUEUE = Role.VCPU_LOAD.value, Role.VCPU_PUT.value, Role.QUEUE.value
+_KICK, _ENTER, _VECTOR_SYNC = Role.KICK.value, Role.ENTER.value, Role.VECTOR_SYNC.value
+_VCPU, _VCPU_PTR, _TARGET_VCPU = Value.VCPU.value, Value.VCPU_PTR.value, Value.TARGET_VCPU.value
+_EXIT_CODE, _ESR = Value.EXIT_CODE.value, Value.ESR.value
+VECTOR_ROLES = (_VECTOR_SYNC, Role.VECTOR_IRQ.value)
 
 
 @dataclass
@@ -89,7 +96,7 @@ def infer_values(
     for raw in events:
         ev = raw
         if ev.source == "probe":
-            ptr, idx = ev.values.get("vcpu_ptr"), ev.values.get("vcpu")
+            ptr, idx = ev.values.get(_VCPU_PTR), ev.values.get(_VCPU)
             if ptr is not None and idx is not None:
                 st.vcpu_at[ptr] = idx
             wanted = ordered.get(ev.name)
@@ -110,16 +117,16 @@ def _apply(
         if rule == "resident_vcpu":
             guess = st.resident.get(ev.cpu)
         elif rule == "vcpu_by_pointer":
-            ptr = values.get("vcpu_ptr")
+            ptr = values.get(_VCPU_PTR)
             guess = st.vcpu_at.get(ptr) if ptr is not None else None
         elif rule == "queued_target":
             targets = st.queued.get(ev.cpu, set())
             guess = next(iter(targets)) if len(targets) == 1 else None
         else:  # exit_vector
-            vcpu = values.get("vcpu")
+            vcpu = values.get(_VCPU)
             code, esr = st.exit.get(vcpu, (None, None)) if vcpu is not None else (None, None)
-            guess = code if name == "exit_code" else esr
-            if name != "exit_code" and guess is None and code is not None:
+            guess = code if name == _EXIT_CODE else esr
+            if name != _EXIT_CODE and guess is None and code is not None:
                 continue  # no syndrome for an IRQ exit: nothing to infer or to check
         read = values.get(name)
         if guess is None:
@@ -140,26 +147,26 @@ def _apply(
 
 def _update(ev: RawEvent, st: _State, irq_exit_code: int | None) -> None:
     role, cpu = ev.role, ev.cpu
-    if role == "vcpu_load":
-        vcpu = ev.values.get("vcpu")
+    if role == _VCPU_LOAD:
+        vcpu = ev.values.get(_VCPU)
         if vcpu is None:
             st.resident.pop(cpu, None)
         else:
             st.resident[cpu] = vcpu
-    elif role == "vcpu_put":
+    elif role == _VCPU_PUT:
         st.resident.pop(cpu, None)
-    elif role == "queue":
-        target = ev.values.get("target_vcpu")
+    elif role == _QUEUE:
+        target = ev.values.get(_TARGET_VCPU)
         if target is not None:
             st.queued.setdefault(cpu, set()).add(target)
-    elif role == "kick":
+    elif role == _KICK:
         st.queued.pop(cpu, None)
-    elif role == "enter":
+    elif role == _ENTER:
         vcpu = st.resident.get(cpu)
         if vcpu is not None:
             st.exit[vcpu] = (irq_exit_code, None)
     elif role in VECTOR_ROLES:
         vcpu = st.resident.get(cpu)
         if vcpu is not None:
-            esr = ev.values.get("esr") if role == "vector_sync" else None
-            st.exit[vcpu] = (ev.values.get("exit_code"), esr)
+            esr = ev.values.get(_ESR) if role == _VECTOR_SYNC else None
+            st.exit[vcpu] = (ev.values.get(_EXIT_CODE), esr)

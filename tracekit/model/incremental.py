@@ -51,24 +51,41 @@ from tracekit.model.chains import (
     classify,
 )
 from tracekit.model.events import RawEvent
+from tracekit.model.vocabulary import FRAME_POINTERS, SOURCE_MARK, Role, Value
 from tracekit.probes.spec import ExitDecoder
 
 __all__ = ["DEFAULT_MAX_PENDING_NS", "ChainBuilder", "reconstruct"]
 
 #: One second of L1 timeline: far beyond any interrupt latency a recording shows.
 DEFAULT_MAX_PENDING_NS = 1_000_000_000
+# The roles and value names read per event, as the plain strings events carry: bound
+# once (an enum attribute costs more than the rule using it, model/vocabulary.py).
+_QUEUE, _KICK, _VECTOR_SYNC = Role.QUEUE.value, Role.KICK.value, Role.VECTOR_SYNC.value
+_SOURCE_SGI = Role.SOURCE_SGI.value
+_INTID, _TARGET_VCPU, _VCPU = Value.INTID.value, Value.TARGET_VCPU.value, Value.VCPU.value
+_PENDING_LATCH, _LINE_LEVEL = Value.PENDING_LATCH.value, Value.LINE_LEVEL.value
+_CONFIG, _HW, _EXIT_CODE, _ESR = (
+    Value.CONFIG.value, Value.HW.value, Value.EXIT_CODE.value, Value.ESR.value,
+)  # fmt: skip
+_LR, _VINTID, _STATE = Value.LR.value, Value.VINTID.value, Value.STATE.value
+_FRAME, _SGI1R = Value.FRAME.value, Value.SGI1R.value
+#: ``fp<k>`` by k, and the merge's source marks (``src.<probe> = k``).
+_FP = {k: v.value for k, v in enumerate(FRAME_POINTERS, 1)}
+_SRC, _SRC_LEN = SOURCE_MARK, len(SOURCE_MARK)
 #: Roles that bound a CPU's probe history (it is pruned back to one of them).
-_BOUNDARY = frozenset(("queue", "eret", "flush", "guest_exit", "handle_exit"))
+_BOUNDARY = frozenset(
+    r.value for r in (Role.QUEUE, Role.ERET, Role.FLUSH, Role.GUEST_EXIT, Role.HANDLE_EXIT)
+)
 #: Probe roles that end or make an A phase (``_probe``).
-_A_ROLES = frozenset(("queue", "kick"))
+_A_ROLES = frozenset((_QUEUE, _KICK))
 #: Prune a per-vCPU or per-CPU list only once it is this long (amortizes the pruning).
 _PRUNE_AT = 48
 
 
 def _pending(ev: RawEvent) -> bool:
-    latch = ev.values.get("pending_latch", 0)
-    level = ev.values.get("line_level", 0)
-    config = ev.values.get("config", 0)  # enum vgic_irq_config: 0 EDGE, 1 LEVEL
+    latch = ev.values.get(_PENDING_LATCH, 0)
+    level = ev.values.get(_LINE_LEVEL, 0)
+    config = ev.values.get(_CONFIG, 0)  # enum vgic_irq_config: 0 EDGE, 1 LEVEL
     return bool(latch) or (config == 1 and bool(level))
 
 
@@ -178,21 +195,22 @@ class ChainBuilder:
         #: Queues whose source the evidence could not decide, by reason.
         self.unknown_sources: dict[str, int] = {}
         self._dirty = False
-        #: The run-loop rules per role (``feed``).
-        self._on_role: dict[str, Callable[[RawEvent], None]] = {
-            "vector_sync": self._vector,
-            "vector_irq": self._vector,
-            "guest_exit": self._guest_exit,
-            "host_resume": self._host_resume,
-            "handle_exit": self._handle_exit,
-            "exit_handler": self._exit_handler,
-            "flush": self._flush,
-            "enter": self._enter,
-            "eret": self._eret,
-            "lr_write": self._lr_write,
-            "ack": self._ack_event,
+        #: The run-loop rules per role (``feed``), keyed by the plain strings.
+        on_role: dict[str, Callable[[RawEvent], None]] = {
+            Role.VECTOR_SYNC: self._vector,
+            Role.VECTOR_IRQ: self._vector,
+            Role.GUEST_EXIT: self._guest_exit,
+            Role.HOST_RESUME: self._host_resume,
+            Role.HANDLE_EXIT: self._handle_exit,
+            Role.EXIT_HANDLER: self._exit_handler,
+            Role.FLUSH: self._flush,
+            Role.ENTER: self._enter,
+            Role.ERET: self._eret,
+            Role.LR_WRITE: self._lr_write,
+            Role.ACK: self._ack_event,
             **dict.fromkeys(SOURCE_KINDS, self._source_activation),
         }
+        self._on_role = {str(role): rule for role, rule in on_role.items()}
 
     # -- public ------------------------------------------------------------------------
 
@@ -334,7 +352,7 @@ class ChainBuilder:
         self._dirty = True
 
     def _vector(self, ev: RawEvent) -> None:
-        self._pending_vector[ev.cpu] = (ev.t, "sync" if ev.role == "vector_sync" else "irq")
+        self._pending_vector[ev.cpu] = (ev.t, "sync" if ev.role == _VECTOR_SYNC else "irq")
 
     def _entering(self, cpu: int) -> int:
         """The vCPU whose entry this CPU flushed last: an exit (or an early return of
@@ -364,7 +382,7 @@ class ChainBuilder:
     def _handle_exit(self, ev: RawEvent) -> None:
         cpu, t = ev.cpu, ev.t
         values = ev.values
-        vcpu = values.get("vcpu")
+        vcpu = values.get(_VCPU)
         ex = self._forming.get(cpu)
         if ex is not None and vcpu is not None and ex.vcpu not in (-1, vcpu):
             ex = None  # this CPU formed another vCPU's exit; that one is handled elsewhere
@@ -383,8 +401,8 @@ class ChainBuilder:
             del self._forming[cpu]
         self._cpu_taken(cpu, ex, t)
         ex.handle_exit_t, ex.handle_cpu = t, cpu
-        ex.code = values.get("exit_code")
-        ex.esr = values.get("esr")
+        ex.code = values.get(_EXIT_CODE)
+        ex.esr = values.get(_ESR)
         if vcpu is not None and ex.vcpu != vcpu:
             if self._open_anon.get(ex.cpu) is ex:
                 del self._open_anon[ex.cpu]
@@ -419,7 +437,7 @@ class ChainBuilder:
 
     def _flush(self, ev: RawEvent) -> None:
         cpu, t = ev.cpu, ev.t
-        vcpu = ev.values.get("vcpu")
+        vcpu = ev.values.get(_VCPU)
         ending: list[Exit] = []
         if vcpu is not None:
             mine = self._open_by_vcpu.get(vcpu)
@@ -481,15 +499,15 @@ class ChainBuilder:
             ent_open.lr_writes.append(
                 (
                     ev.t,
-                    values.get("lr", -1),
-                    values.get("vintid", -1),
-                    values.get("state", 0),
-                    values.get("hw", 0),
+                    values.get(_LR, -1),
+                    values.get(_VINTID, -1),
+                    values.get(_STATE, 0),
+                    values.get(_HW, 0),
                 )
             )
 
     def _ack_event(self, ev: RawEvent) -> None:
-        intid = ev.values.get("intid")
+        intid = ev.values.get(_INTID)
         if intid is not None and intid < 1020:  # 1020..1023 are special/spurious
             cpu = ev.cpu
             self._ack(Ack(ev.t, cpu, self.running.get(cpu, -1), intid))
@@ -505,7 +523,7 @@ class ChainBuilder:
             watch = self._a_watch.get(cpu)
             if watch:
                 self._watch_forward(watch, ev)
-            if role == "queue":
+            if role == _QUEUE:
                 self._queue(ev, hist)
         hist.append(ev)
         if len(hist) > _PRUNE_AT:
@@ -519,12 +537,12 @@ class ChainBuilder:
     def _watch_forward(self, watch: list[_Queued], ev: RawEvent) -> None:
         """End of A: the first kick of the target vCPU after the queue, unless another
         queue comes first on that CPU (then A ends at its queue)."""
-        if ev.role == "queue":
+        if ev.role == _QUEUE:
             for q in watch:
                 q.a_end = q.ev.t
             watch.clear()
         else:
-            target = ev.values.get("vcpu")
+            target = ev.values.get(_VCPU)
             keep = []
             for q in watch:
                 if q.vcpu == target:
@@ -537,7 +555,7 @@ class ChainBuilder:
     def _queue(self, ev: RawEvent, hist: list[RawEvent]) -> None:
         if not _pending(ev):
             return
-        intid, vcpu = ev.values.get("intid"), ev.values.get("target_vcpu")
+        intid, vcpu = ev.values.get(_INTID), ev.values.get(_TARGET_VCPU)
         if intid is None or vcpu is None:
             return
         st = self._keys.get((intid, vcpu))
@@ -564,21 +582,21 @@ class ChainBuilder:
             same.reverse()
             q.a_end = t
             for h in same[1:]:
-                if h.role == "queue":
+                if h.role == _QUEUE:
                     break
-                if h.role == "kick" and h.values.get("vcpu") == vcpu:
+                if h.role == _KICK and h.values.get(_VCPU) == vcpu:
                     q.a_end = h.t
                     break
         else:
             self._a_watch.setdefault(ev.cpu, []).append(q)
-        if source_role == "source_sgi":
+        if source_role == _SOURCE_SGI:
             q.trap_done = False
             self._traps.append(q)
         st.queued = q
 
     def _source_activation(self, ev: RawEvent) -> None:
         self._source_role[ev.name] = ev.role
-        frame = ev.values.get("frame")
+        frame = ev.values.get(_FRAME)
         if frame is not None:
             self._activations[(ev.name, frame)] = ev
 
@@ -596,14 +614,14 @@ class ChainBuilder:
         unknown: tuple[int, str, int | None, int | None, str, int | None] = (
             ev.t, "", None, None, "", None,
         )  # fmt: skip
-        frames = sorted((k, key[4:]) for key, k in ev.values.items() if key.startswith("src."))
+        frames = sorted((k, key[_SRC_LEN:]) for key, k in ev.values.items() if key.startswith(_SRC))
         if not frames:
             self._unknown("no source function on the queue's call stack")
             return unknown
         found: RawEvent | None = None
         kind = ""
         for k, name in frames:
-            act = self._activations.get((name, ev.values.get(f"fp{k}", -1)))
+            act = self._activations.get((name, ev.values.get(_FP.get(k, ""), -1)))
             if act is None or act.t > ev.t:
                 if found is None:
                     self._unknown(f"no recorded activation of {name} for its frame")
@@ -615,8 +633,8 @@ class ChainBuilder:
             found, kind = act, act_kind
         assert found is not None
         sender = sgi1r = None
-        if found.role == "source_sgi":
-            sender, sgi1r = found.values.get("vcpu"), found.values.get("sgi1r")
+        if found.role == _SOURCE_SGI:
+            sender, sgi1r = found.values.get(_VCPU), found.values.get(_SGI1R)
         return found.t, found.role, sender, sgi1r, found.name, found.cpu
 
     def _unknown(self, why: str) -> None:
@@ -728,7 +746,7 @@ class ChainBuilder:
         source_cpu = sender_vcpu = sgi1r = hw = None
         if q is not None:
             source_cpu, function = q.source_cpu, q.source_function
-            hw = q.ev.values.get("hw")
+            hw = q.ev.values.get(_HW)
             source_role = q.source_role
             sender_vcpu, sgi1r = q.sender_vcpu, q.sgi1r
             a_start = q.trap_start if q.trap_start is not None else q.a_start

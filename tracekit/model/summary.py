@@ -1,21 +1,22 @@
-"""What ``tracekit summary`` reports, computed from a trace read back (pure).
+"""What ``tracekit summary`` reports, computed from the chain table (pure).
 
-Everything comes from the ``.pftrace`` itself: the chain slices (with their class, INTID,
-completeness and per-phase durations as debug annotations), the exit slices of the L1 CPU
-tracks, and the recording's metadata instant (ground truth, versions, KVM mode).
+Everything comes from the table's rows (``model/table.py``): a chain's class, INTID,
+completeness and per-phase durations, each exit's reason and D, and the recording's
+metadata (ground truth, versions, KVM mode). ``summary`` reads the table back from the
+``.pftrace``; ``record`` builds it from its reconstruction without reading the file.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from tracekit.model.table import ChainTable
 from tracekit.model.trace import TraceContent
 from tracekit.model.vocabulary import CLASSES, PHASES
 
-__all__ = ["percentile", "summarize"]
+__all__ = ["percentile", "summarize", "summarize_table"]
 
 
 def percentile(sorted_values: Sequence[int], q: float) -> int:
@@ -50,14 +51,19 @@ def _workload_kinds(gt: Any, names: dict[str, str]) -> dict[tuple[int, int], str
 
 
 def summarize(content: TraceContent) -> dict[str, Any]:
-    meta: dict[str, Any] = {}
-    for inst in content.instants:
-        if "tracekit.meta" in inst.args:
-            meta = json.loads(str(inst.args["tracekit.meta"]))
-            break
+    """``tracekit summary`` of a trace read back: its table's summary and what reading
+    the file found wrong. A trace without a table is a TraceFileError saying what to do."""
+    out = summarize_table(content.table.required(content.source))
+    out["trace_problems"] = content.problems[:20]
+    out["unterminated_flows"] = len(content.unterminated_flows())
+    return out
+
+
+def summarize_table(table: ChainTable) -> dict[str, Any]:
+    """Everything ``summary`` reports that the chain table alone decides."""
+    meta = dict(table.meta or {})
     gt = meta.get("ground_truth") or {}
     per_class_gt = gt.get("per_class", {}) if isinstance(gt, dict) else {}
-    chains = [s for s in content.slices if "chain" in s.args and "class" in s.args]
     classes: dict[str, dict[str, int]] = {
         c: {"ground_truth": int(per_class_gt.get(c, 0)), "complete_chains": 0, "partial_chains": 0}
         for c in CLASSES
@@ -68,43 +74,34 @@ def summarize(content: TraceContent) -> dict[str, Any]:
     expected = _workload_kinds(gt, meta.get("workload_sources") or {})
     slowest: dict[str, tuple[int, int]] = {}
     mismatches: Counter[tuple[int, int, str, str]] = Counter()
-    for s in chains:
-        cls = str(s.args["class"])
+    for row in table.chains:
+        cls = row.cls
         entry = classes.setdefault(
             cls, {"ground_truth": 0, "complete_chains": 0, "partial_chains": 0}
         )
-        complete = bool(s.args.get("complete"))
+        complete = row.complete
         entry["complete_chains" if complete else "partial_chains"] += 1
         if complete:
-            # The chain's length: every phase from A's start to the acknowledgement.
-            length = sum(int(s.args.get(f"phase_{p}_ns") or 0) for p in PHASES)
+            length = row.length_ns
             if length > slowest.get(cls, (-1, 0))[0]:
-                slowest[cls] = (length, int(s.args["chain"]))
-        ik = (int(s.args["intid"]), int(s.args["vcpu"]))
+                slowest[cls] = (length, row.id)
+        ik = (row.intid, row.vcpu)
         if complete and ik in expected:
             # The recording's source against the workload's own word for this (INTID, vCPU).
             entry["source_checked"] = entry.get("source_checked", 0) + 1
-            kind = str(s.args.get("source_kind") or "unknown")
+            kind = row.source_kind or "unknown"
             if kind == expected[ik]:
                 entry["source_matches"] = entry.get("source_matches", 0) + 1
             else:
                 mismatches[(*ik, kind, expected[ik])] += 1
-        busiest[(int(s.args["intid"]), int(s.args["vcpu"]), cls)] += 1
-        for p in PHASES:
-            d = s.args.get(f"phase_{p}_ns")
-            if d is not None:
-                latency[cls][p].append(int(d))
-                if complete:
-                    seen.add(p)
+        busiest[(row.intid, row.vcpu, cls)] += 1
+        for p, d in row.phase_ns.items():
+            latency[cls][p].append(d)
+            if complete:
+                seen.add(p)
     exits: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-    for s in content.slices:
-        if s.name.startswith("exit vCPU") and "exit_code_name" in s.args:
-            key = (
-                str(s.args.get("exit_code_name")),
-                str(s.args.get("esr_class") or ""),
-                str(s.args.get("handler") or ""),
-            )
-            exits[key].append(int(s.args.get("phase_D_ns", 0)))
+    for ex in table.exits:
+        exits[(ex.exit_code_name, ex.esr_class, ex.handler)].append(ex.phase_ns.get("D", 0))
     by_reason = [
         {
             "exit_code": k[0],
@@ -142,6 +139,4 @@ def summarize(content: TraceContent) -> dict[str, Any]:
             {"intid": k[0], "vcpu": k[1], "recorded": k[2], "workload": k[3], "chains": n}
             for k, n in sorted(mismatches.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
         ],
-        "trace_problems": content.problems[:20],
-        "unterminated_flows": len(content.unterminated_flows()),
     }

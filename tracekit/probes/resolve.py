@@ -14,6 +14,7 @@ from tracekit.kernel.alternatives import RunningText, running_text
 from tracekit.kernel.kallsyms import SymbolTable
 from tracekit.model.vocabulary import PHASES
 from tracekit.probes.capture import to_gdb
+from tracekit.probes.info import ProbeInfo
 from tracekit.probes.pointer import find_frame_site, find_pointer_site
 from tracekit.probes.program import CaptureProgram, compile_capture, world_programs
 from tracekit.probes.spec import ProbeSet, ProbeSpec
@@ -74,6 +75,26 @@ class ResolvedProbe:
     def runtime_address(self) -> int:
         """The address the CPU executes (hyp probes: once ``hyp_delta`` is known)."""
         return self.address + self.hyp_delta
+
+    def info(self) -> ProbeInfo:
+        """What a recording keeps of it (meta.json, the merge), at its current addresses."""
+        spec = self.spec
+        return ProbeInfo(
+            name=spec.name,
+            address=self.stamp_address,
+            break_address=self.runtime_address,
+            skip_entry=self.skip_entry,
+            hyp=spec.hyp,
+            location=self.location,
+            phase=spec.phase,
+            role=str(spec.role),
+            mode="stop" if self.stops else "timing",
+            infer=dict(spec.infer),
+            implies=dict(spec.implies),
+            pointers=self.pointer_sites,
+            code=(self.runtime_address, self.code_end) if self.code_end else None,
+            plugin_values=tuple(c.name for c in self.programs),
+        )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Literal
 from tracekit.config import from_mapping, load_toml, named_config
 from tracekit.errors import ConfigError
 from tracekit.kernel.alternatives import CpuCaps
-from tracekit.model.vocabulary import PROBE_ROLES
+from tracekit.model.vocabulary import PROBE_ROLES, Role, Value
 from tracekit.probes.capture import members_of
 
 __all__ = ["INFERENCE_RULES", "ExitDecoder", "ProbeSet", "ProbeSpec", "load_probe_set"]
@@ -34,7 +34,7 @@ class ProbeSpec:
     symbol: str
     phase: Phase
     #: What the phase model uses it for (queue, kick, guest_exit, handle_exit, flush, ...).
-    role: str
+    role: Role
     mode: Literal["stop", "timing"]
     #: Byte offset from the symbol (e.g. a vector table entry).
     offset: int = 0
@@ -43,7 +43,7 @@ class ProbeSpec:
     #: Probe the first instruction of this kind inside ``symbol`` (only "eret").
     instruction: str = ""
     fallbacks: tuple[str, ...] = ()
-    #: Name -> capture expression (see configs/probes/linux-6.1.toml).
+    #: Value name (a ``Value``) -> capture expression (see configs/probes/linux-6.1.toml).
     capture: dict[str, str] = field(default_factory=dict)
     #: A required probe that cannot be resolved is an error.
     required: bool = False
@@ -152,25 +152,49 @@ class ProbeSet:
         return sorted({m for p in self.probes for m in p.members()})
 
 
+def _known(word: str, known: tuple[str, ...], problem: str) -> None:
+    """Refuse a word the vocabulary does not have, suggesting the closest one."""
+    if word not in known:
+        close = difflib.get_close_matches(word, known, n=1)
+        raise ConfigError(
+            problem,
+            hint=f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(known)}",
+        )
+
+
+_PROBE_ROLES = tuple(r.value for r in PROBE_ROLES)
+_VALUES = tuple(v.value for v in Value)
+
+
+def _probe(body: dict[str, object], path: Path, i: int) -> ProbeSpec:
+    """One ``[[probe]]``, its role and value names checked against the model's words."""
+    role = body.get("role")
+    if isinstance(role, str):  # anything else: from_mapping names the type it wants
+        problem = f"{path}: probe {body.get('name')}: role {role!r} is not one the model knows"
+        _known(role, _PROBE_ROLES, problem)
+        body = {**body, "role": Role(role)}
+    spec = from_mapping(ProbeSpec, body, f"{path}: probe[{i}]")
+    for table, values in (
+        ("capture", spec.capture),
+        ("infer", spec.infer),
+        ("implies", spec.implies),
+        ("pointer", spec.pointer),
+    ):
+        for value in values:
+            problem = f"{path}: probe {spec.name}: {table}.{value} is not a value the model knows"
+            _known(value, _VALUES, problem)
+    return spec
+
+
 def load_probe_set(name_or_path: str = "linux-6.1", config_dir: Path | None = None) -> ProbeSet:
     path = named_config("probes", name_or_path, "probe set", config_dir)
     raw = from_mapping(_ProbeFile, load_toml(path), str(path))
-    probes = tuple(
-        from_mapping(ProbeSpec, body, f"{path}: probe[{i}]") for i, body in enumerate(raw.probe)
-    )
+    probes = tuple(_probe(body, path, i) for i, body in enumerate(raw.probe))
     names = [p.name for p in probes]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise ConfigError(f"{path}: probe names must be unique, repeated: {', '.join(dupes)}")
     for p in probes:
-        if p.role not in PROBE_ROLES:
-            close = difflib.get_close_matches(p.role, list(PROBE_ROLES), n=1)
-            raise ConfigError(
-                f"{path}: probe {p.name}: role {p.role!r} is not one the model knows",
-                hint=f"did you mean {close[0]!r}?"
-                if close
-                else f"use one of {', '.join(PROBE_ROLES)}",
-            )
         if p.instruction not in ("", "eret", "after-hvc"):
             raise ConfigError(
                 f"{path}: probe {p.name}: instruction {p.instruction!r} unknown",

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracekit.model.events import RawEvent
+from tracekit.model.vocabulary import RETURN_ADDRESSES, SOURCE_MARK, Value
+from tracekit.probes.info import ProbeInfo
 from tracekit.record.qemulog import (
     ExceptionRecord,
     GicEvent,
@@ -38,26 +40,7 @@ from tracekit.record.qemulog import (
 )
 from tracekit.record.world import world
 
-__all__ = ["GdbHit", "MergeStats", "ProbeInfo", "merge"]
-
-
-@dataclass(frozen=True)
-class ProbeInfo:
-    name: str
-    address: int
-    phase: str
-    role: str
-    mode: str
-    #: Constant values every execution implies (ProbeSpec.implies).
-    implies: Mapping[str, int] = field(default_factory=dict)
-    #: (value name, access pc, offset) of its pointer sites (probes/pointer.py).
-    pointers: tuple[tuple[str, int, int], ...] = ()
-    #: [start, end) of its function's code, for ``frame`` probes (a queue's call stack
-    #: is matched against it: ``_frame_sources``).
-    code: tuple[int, int] | None = None
-    #: Names of the values the plugin reads here (``--plugin-values``), ``@`` ones
-    #: included; empty: none.
-    plugin_values: tuple[str, ...] = ()
+__all__ = ["GdbHit", "MergeStats", "merge"]
 
 
 @dataclass(frozen=True)
@@ -190,7 +173,7 @@ def merge(
                 v is None for k, v in plugin.items() if not k.startswith("@")
             )
             values = {**values, **read}
-        if functions and "ret1" in values:
+        if functions and _RET[0] in values:
             values = {**values, **_frame_sources(values, functions)}
         st.per_probe[probe.name] = st.per_probe.get(probe.name, 0) + 1
         if probe.pointers:
@@ -271,8 +254,10 @@ def _attach_pointer(
     )
 
 
-#: Frames of a queue's call stack the probe set captures (ret1/fp1 .. ret6/fp6).
-MAX_FRAMES = 6
+#: The return addresses of a queue's call stack the probe set captures (ret1 .. ret6), as
+#: the plain strings events carry (model/vocabulary.py).
+_RET = tuple(v.value for v in RETURN_ADDRESSES)
+_EXCP, _ESR, _ELR = Value.EXCP.value, Value.ESR.value, Value.ELR.value
 
 
 def strip_pac(address: int) -> int:
@@ -296,22 +281,22 @@ def _frame_sources(
 
     out: dict[str, int] = {}
     starts = [f[0] for f in functions]
-    for k in range(1, MAX_FRAMES + 1):
-        ret = values.get(f"ret{k}")
+    for k, name in enumerate(_RET, 1):
+        ret = values.get(name)
         if ret is None:
             break
         addr = strip_pac(ret)
         i = bisect.bisect_right(starts, addr) - 1
         # A return address points after the call, so it is never a function's own entry.
         if i >= 0 and functions[i][0] < addr < functions[i][1]:
-            out.setdefault(f"src.{functions[i][2]}", k)
+            out.setdefault(f"{SOURCE_MARK}{functions[i][2]}", k)
     return out
 
 
 def _exception_values(rec: ExceptionRecord) -> dict[str, int]:
-    values = {"excp": rec.excp}
+    values = {_EXCP: rec.excp}
     if rec.esr is not None:
-        values["esr"] = rec.esr
+        values[_ESR] = rec.esr
     if rec.elr is not None:
-        values["elr"] = rec.elr
+        values[_ELR] = rec.elr
     return values

@@ -52,25 +52,8 @@ class RunFacts:
 
 
 def probe_meta(probes: ResolvedProbeSet) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": p.name,
-            "address": p.stamp_address,
-            "break_address": p.runtime_address,
-            "skip_entry": p.skip_entry,
-            "hyp": p.spec.hyp,
-            "location": p.location,
-            "phase": p.spec.phase,
-            "role": p.spec.role,
-            "mode": "stop" if p.stops else "timing",
-            "infer": dict(p.spec.infer),
-            "implies": dict(p.spec.implies),
-            "pointers": [list(site) for site in p.pointer_sites],
-            "code": [p.runtime_address, p.code_end] if p.code_end else None,
-            "plugin_values": [c.name for c in p.programs],
-        }
-        for p in probes.probes
-    ]
+    """meta.json's ``"probes"`` (read back by pipeline.remerge as ProbeInfo)."""
+    return [p.info().to_json() for p in probes.probes]
 
 
 def initial_meta(

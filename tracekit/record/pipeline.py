@@ -18,8 +18,9 @@ from tracekit.model.chains import Reconstruction
 from tracekit.model.context import infer_values
 from tracekit.model.events import RawEvent, read_events, write_events
 from tracekit.model.incremental import reconstruct
+from tracekit.probes.info import ProbeInfo
 from tracekit.probes.spec import ExitDecoder, load_probe_set
-from tracekit.record.merge import GdbHit, MergeStats, ProbeInfo, merge
+from tracekit.record.merge import GdbHit, MergeStats, merge
 
 __all__ = ["ExportReport", "export_raw", "remerge"]
 
@@ -35,21 +36,8 @@ class ExportReport:
 def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeStats]:
     """Merge hits.jsonl and qemu.log again (tolerates a torn last line), then infer
     the values the probe set says follow from context (model/context.py)."""
-    probes = [
-        ProbeInfo(
-            p["name"],
-            int(p["address"]),
-            p["phase"],
-            p["role"],
-            p["mode"],
-            {str(k): int(v) for k, v in dict(p.get("implies", {})).items()},
-            tuple((str(n), int(pc), int(off)) for n, pc, off in p.get("pointers", [])),
-            (int(p["code"][0]), int(p["code"][1])) if p.get("code") else None,
-            tuple(str(n) for n in p.get("plugin_values", [])),
-        )
-        for p in meta.get("probes", [])
-    ]
-    rules = {str(p["name"]): dict(p["infer"]) for p in meta.get("probes", []) if p.get("infer")}
+    probes = [ProbeInfo.from_json(p) for p in meta.get("probes", [])]
+    rules = {p.name: p.infer for p in probes if p.infer}
     hits: list[GdbHit] = []
     hits_path = raw_dir / "hits.jsonl"
     if hits_path.exists():

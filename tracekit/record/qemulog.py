@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
+from tracekit.model.vocabulary import Role, Value
+
 __all__ = [
     "ExceptionRecord",
     "GicEvent",
@@ -39,6 +41,18 @@ _FROM_TO = re.compile(r"^\.\.\.from EL(\d) to EL(\d)")
 _WITH_ESR = re.compile(r"^\.\.\.with ESR 0x([0-9a-f]+)/0x([0-9a-f]+)")
 _WITH_ELR = re.compile(r"^\.\.\.with ELR 0x([0-9a-f]+)")
 _TO_PC = re.compile(r"^\.\.\.to EL(\d) PC 0x([0-9a-f]+)")
+# Roles and value names as the plain strings events carry (bound once: per log line, an
+# enum attribute costs more than the parse, model/vocabulary.py).
+_LR_WRITE_ROLE, _ACK_ROLE = Role.LR_WRITE.value, Role.ACK.value
+_EOI_ROLE, _SGI_ROLE = Role.EOI.value, Role.SGI_GENERATE.value
+_LR, _VALUE, _VINTID, _STATE = (
+    Value.LR.value,
+    Value.VALUE.value,
+    Value.VINTID.value,
+    Value.STATE.value,
+)
+_HW, _GROUP, _INTID = Value.HW.value, Value.GROUP.value, Value.INTID.value
+_SGI_NUM, _IRM, _TARGETLIST = Value.SGI.value, Value.IRM.value, Value.TARGETLIST.value
 
 
 @dataclass(frozen=True)
@@ -123,11 +137,11 @@ def _lr_values(lr: int, value: int) -> dict[str, int]:
     # ICH_LR<n>_EL2 layout: vINTID [31:0], pINTID [41:32] if HW, priority [55:48],
     # group 60, HW 61, state [63:62] (1 pending, 2 active); arm64 sysreg.h:888-899.
     return {
-        "lr": lr,
-        "value": value,
-        "vintid": value & 0xFFFFFFFF,
-        "state": (value >> 62) & 3,
-        "hw": (value >> 61) & 1,
+        _LR: lr,
+        _VALUE: value,
+        _VINTID: value & 0xFFFFFFFF,
+        _STATE: (value >> 62) & 3,
+        _HW: (value >> 61) & 1,
     }
 
 
@@ -271,14 +285,30 @@ def _gic(line: str, marker: dict[int, int]) -> GicEvent | None:
     name = line.split(" ", 1)[0]
     found: tuple[int, str, dict[str, int]] | None = None
     if name == "gicv3_ich_lr_write" and (m := _LR_WRITE.search(line)):
-        found = int(m.group(2), 16), "lr_write", _lr_values(int(m.group(1)), int(m.group(3), 16))
+        found = (
+            int(m.group(2), 16),
+            _LR_WRITE_ROLE,
+            _lr_values(int(m.group(1)), int(m.group(3), 16)),
+        )
     elif name == "gicv3_icv_iar_read" and (m := _IAR.search(line)):
-        found = int(m.group(2), 16), "ack", {"group": int(m.group(1)), "intid": int(m.group(3), 16)}
+        found = (
+            int(m.group(2), 16),
+            _ACK_ROLE,
+            {_GROUP: int(m.group(1)), _INTID: int(m.group(3), 16)},
+        )
     elif name == "gicv3_icv_eoir_write" and (m := _EOIR.search(line)):
-        found = int(m.group(2), 16), "eoi", {"group": int(m.group(1)), "intid": int(m.group(3), 16)}
+        found = (
+            int(m.group(2), 16),
+            _EOI_ROLE,
+            {_GROUP: int(m.group(1)), _INTID: int(m.group(3), 16)},
+        )
     elif name == "gicv3_icc_generate_sgi" and (m := _SGI.search(line)):
-        values = {"sgi": int(m.group(2)), "irm": int(m.group(3)), "targetlist": int(m.group(4), 16)}
-        found = int(m.group(1), 16), "sgi_generate", values
+        values = {
+            _SGI_NUM: int(m.group(2)),
+            _IRM: int(m.group(3)),
+            _TARGETLIST: int(m.group(4), 16),
+        }
+        found = int(m.group(1), 16), _SGI_ROLE, values
     if found is None:
         return None
     cpu, role, values = found
