@@ -135,6 +135,8 @@ def test_the_plugin_refuses_nothing_silently(tmp_path: Path) -> None:
     big = dataclasses.replace(res.probes[0], programs=many)
     with pytest.raises(ConfigError, match="plugin reads at most 48"):
         plugin_probe_file(ResolvedProbeSet((big, *res.probes[1:]), (), ()))
+
+
 @pytest.mark.parametrize(
     ("typo", "hint"),
     [("intd", "did you mean 'intid'?"), ("gic_role", "use one of intid, target_vcpu")],
