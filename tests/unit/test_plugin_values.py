@@ -174,3 +174,38 @@ def test_record_fails_naming_the_first_disagreement() -> None:
         _check_plugin_values(disagreeing, read_values=True)
     with pytest.raises(GroundTruthError, match="2 probe timings came without"):
         _check_plugin_values({"plugin_values_missing": 2}, read_values=False)
+
+
+def test_an_interrupt_nested_between_a_stop_and_its_stamp_keeps_each_hit_with_its_stamp() -> None:
+    """Seen in a clean Debian 12 root: kvm_vcpu_kick stops at its patchable entry (vCPU1),
+    the recorder resumes past it, QEMU takes the timer IRQ before the next instruction and
+    the handler kicks vCPU0 (stop, stamp); then the first kick stamps. Hits A, B; stamps
+    B, A. The stamps' PSTATE (IRQs masked in the handler) finds each one's hit."""
+    probe = ProbeInfo(
+        name="kick",
+        address=0x10,
+        phase="A",
+        role="kick",
+        mode="stop",
+        plugin_values=("vcpu", "@cpsr"),
+    )
+    outer, nested = 0x402009, 0x4020C9  # EL2h; DAIF.I|F set inside the IRQ handler
+    hits = [
+        GdbHit("kick", 0, 0xC, {"vcpu": 1}, cpsr=outer),
+        GdbHit("kick", 0, 0xC, {"vcpu": 0}, cpsr=nested),
+    ]
+    log = [
+        "TKP 0 10 5",
+        f"TKV 0 10 5 vcpu=0 @cpsr={nested:x}",
+        "TKP 0 10 6",
+        f"TKV 0 10 6 vcpu=1 @cpsr={outer:x}",
+    ]
+    st = MergeStats()
+    events = merge(hits, log, [probe], st)
+    assert [(e.t, dict(e.values)) for e in events] == [(5, {"vcpu": 0}), (6, {"vcpu": 1})]
+    assert st.plugin_checks.get("vcpu.disagreed", 0) == 0 and st.plugin_checks["vcpu.agreed"] == 2
+    # Without PSTATE on the hits (older recordings) order decides, as before.
+    old = [GdbHit("kick", 0, 0xC, {"vcpu": 1}), GdbHit("kick", 0, 0xC, {"vcpu": 0})]
+    st = MergeStats()
+    merge(old, log, [probe], st)
+    assert st.plugin_checks["vcpu.disagreed"] == 2

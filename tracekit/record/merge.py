@@ -53,12 +53,18 @@ class GdbHit:
     values: Mapping[str, int]
     #: False when the hit was not in L1-host context (wrong exception level): discarded.
     host: bool = True
+    #: PSTATE at the stop (recordings before it was kept: None).
+    cpsr: int | None = None
 
     @classmethod
     def from_json(cls, line: str) -> GdbHit:
         d: dict[str, Any] = json.loads(line)
         values = {k: int(v) for k, v in d.get("values", {}).items() if v is not None}
-        return cls(str(d["probe"]), int(d["cpu"]), int(d["pc"]), values, bool(d.get("host", True)))
+        cpsr = d.get("cpsr")
+        return cls(
+            str(d["probe"]), int(d["cpu"]), int(d["pc"]), values, bool(d.get("host", True)),
+            int(cpsr) if cpsr is not None else None,
+        )  # fmt: skip
 
 
 @dataclass
@@ -154,7 +160,7 @@ def merge(
             if not queue:
                 st.stop_timings_without_hit += 1
                 continue
-            hit = queue.popleft()
+            hit = _take_hit(queue, plugin)
             if plugin is not None:
                 _check_plugin(probe.name, hit, plugin, _plugin_host(plugin, kvm_mode), item.t, st)
             if not hit.host:
@@ -186,6 +192,30 @@ def merge(
     events.sort(key=lambda e: e.t)
     st.events = len(events)
     return events
+
+
+#: How many queued hits of one probe on one CPU a stamp may be matched against.
+_NESTING = 3
+
+
+def _take_hit(queue: deque[GdbHit], plugin: Mapping[str, int | None] | None) -> GdbHit:
+    """The GDB hit that belongs to this stamp: the k-th hit of a probe on a CPU is its
+    k-th stamp, except when an interrupt nests between them. A probe whose stop is at the
+    patchable entry and whose stamp is the instruction after it (``skip_entry``: the
+    recorder resumes past the entry) leaves a window: QEMU takes a pending IRQ before the
+    next translation block, and an IRQ handler that calls the same function (a kick from
+    the timer's handler inside a kick from an ioctl) stops and stamps in between: hits
+    A, B but stamps B, A. Where the plugin read PSTATE at the stamp (``--plugin-values``),
+    the hit with the same PSTATE (DAIF differs inside the handler) is the stamp's; without
+    it, order decides (the plugin of QEMU 7.2 cannot read registers)."""
+    cpsr = plugin.get("@cpsr") if plugin is not None else None
+    if cpsr is not None and queue[0].cpsr is not None and queue[0].cpsr != cpsr:
+        for i in range(1, min(_NESTING, len(queue))):
+            if queue[i].cpsr == cpsr:
+                hit = queue[i]
+                del queue[i]
+                return hit
+    return queue.popleft()
 
 
 def _plugin_host(values: Mapping[str, int | None], kvm_mode: str) -> bool:

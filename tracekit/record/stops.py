@@ -124,6 +124,10 @@ class StopHandler:
         hcr = hit["values"].pop("hcr", None)
         el = (cpsr >> 2) & 3 if isinstance(cpsr, int) else -1
         hit["el"] = el
+        if isinstance(cpsr, int):
+            # Kept so the merge can tell a hit from another one of the same probe that an
+            # interrupt nested between this stop and the plugin's stamp (merge.py).
+            hit["cpsr"] = cpsr
         hit["world"] = world(el, hcr, self._kvm_mode)
         hit["host"] = hit["world"] == "l1-host"
         if not hit["errors"]:
