@@ -61,10 +61,22 @@ class Monitor:
             if time.monotonic() > deadline:
                 raise VMError(f"QMP socket {self.socket_path} did not appear in {timeout:.0f} s")
             time.sleep(0.02)
-        try:
-            self._run(self._client.connect(str(self.socket_path)), timeout)
-        except (QMPError, OSError) as exc:
-            raise VMError(f"cannot connect to QMP at {self.socket_path}: {exc}") from None
+        while True:
+            try:
+                self._run(self._client.connect(str(self.socket_path)), timeout)
+                break
+            except (QMPError, OSError) as exc:
+                # QEMU binds its socket before it listens on it (socket_listen, util/
+                # qemu-sockets.c): in between, a connect is refused. Seen on a loaded
+                # machine; retry while QEMU runs and time is left.
+                refused = (
+                    isinstance(exc, ConnectionRefusedError)
+                    or isinstance(exc.__cause__ or exc.__context__, ConnectionRefusedError)
+                    or "Connection refused" in str(exc)
+                )
+                if not refused or not alive() or time.monotonic() > deadline:
+                    raise VMError(f"cannot connect to QMP at {self.socket_path}: {exc}") from None
+                time.sleep(0.05)
         greeting: Any = self._client.greeting
         v: dict[str, Any] = dict(greeting.QMP.version["qemu"]) if greeting else {}
         self.version = f"{v.get('major')}.{v.get('minor')}.{v.get('micro')}"
