@@ -29,6 +29,13 @@ unmatched, exactly as an acknowledgement without any queue. That bound keeps a r
 with a lost acknowledgement from holding every later entry of that vCPU.
 
 Input must be sorted by time (the merge writes it so); a step back raises TraceFileError.
+
+Why one module over ~400 lines: :class:`ChainBuilder` is one streaming state machine. The
+run loop (exits owned by their vCPU, entries), the sources (A) and the acknowledgements
+(chains) read and prune each other's state on every event, and its low water is a
+property of all three at once; split into mixins, each part would reach into the
+others' fields from another file. The next split, if it grows: the pure pruning and the
+source resolution (``_source_of``) as functions over explicit state.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ change: no reader looks at them.
 
 A trace written before the table (no version on its recording instant) has no rows:
 :meth:`ChainTable.required` says how to re-export it.
+
+Why one module over ~400 lines: it is the schema, and the schema is the point of it
+being one place; rows, their argument names, their validation on the way back in and
+the table-level checks (version, completeness) change together.
 """
 
 from __future__ import annotations
