@@ -1,4 +1,5 @@
-"""Capture expressions -> GDB expressions (pure).
+"""Capture expressions: parsed once into an :class:`Access`, rendered for GDB (pure);
+probes/program.py hands the same parse to the timebase plugin.
 
 Grammar (configs/probes/*.toml)::
 
@@ -17,11 +18,12 @@ Grammar (configs/probes/*.toml)::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from tracekit.errors import ConfigError
 
-__all__ = ["TYPES", "members_of", "to_gdb"]
+__all__ = ["SIZES", "TYPES", "Access", "members_of", "parse_capture", "to_gdb"]
 
 TYPES = {
     "u8": "unsigned char",
@@ -30,19 +32,52 @@ TYPES = {
     "u64": "unsigned long",
     "s32": "int",
 }
+#: Bytes read by each capture TYPE; signed types are sign-extended (as GDB's cast does).
+SIZES: Mapping[str, tuple[int, bool]] = {
+    "u8": (1, False),
+    "u16": (2, False),
+    "u32": (4, False),
+    "u64": (8, False),
+    "s32": (4, True),
+}
 _REG = re.compile(r"^(?:[xw](?:[12]?\d|30)|cpsr|pc|sp)$")
 _MEMBER = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*(?:\[\d+\])?)+")
 _NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+")
 
 
-def _reg(name: str) -> str:
-    # GDB names the 32-bit views w0..w30 only with the full feature set; mask x instead.
-    if name.startswith("w"):
-        return f"($x{name[1:]} & 0xffffffff)"
-    return f"${name}"
+@dataclass(frozen=True)
+class Access:
+    """What a capture reads: start from register ``reg``, for each of ``loads`` add it
+    and load 8 bytes there, finally add ``offset`` and read ``size`` bytes (0: the value
+    itself), sign-extended when ``signed``."""
+
+    reg: str
+    loads: tuple[int, ...] = ()
+    offset: int = 0
+    size: int = 0
+    signed: bool = False
+
+    def to_gdb(self) -> str:
+        # GDB names the 32-bit views w0..w30 only with the full feature set; mask x instead.
+        value = f"($x{self.reg[1:]} & 0xffffffff)" if self.reg.startswith("w") else f"${self.reg}"
+        for off in self.loads:
+            value = f"*(unsigned long *)({_plus(value, off)})"
+        if self.size == 0:
+            return value
+        type_name = next(
+            t for t, (size, signed) in SIZES.items() if (size, signed) == (self.size, self.signed)
+        )
+        return f"*({TYPES[type_name]} *)({_plus(value, self.offset)})"
 
 
-def _addr(text: str, offset_of: Callable[[str], int], where: str) -> str:
+def _plus(value: str, offset: int) -> str:
+    return f"{value} + {offset}" if offset else value
+
+
+def _address(
+    text: str, offset_of: Callable[[str], int], where: str
+) -> tuple[str, tuple[int, ...], int]:
+    """(base register, loads, offset) of ``base (+ MEMBER|NUMBER)?``."""
     text = text.strip()
     if text.startswith("["):
         depth = 0
@@ -54,36 +89,37 @@ def _addr(text: str, offset_of: Callable[[str], int], where: str) -> str:
                 break
         else:
             raise ConfigError(f"{where}: unbalanced brackets in {text!r}")
-        base = f"*(unsigned long *)({_addr(inner, offset_of, where)})"
+        reg, loads, off = _address(inner, offset_of, where)
+        loads = (*loads, off)  # the inner address is loaded from
     else:
-        base_name, _, rest = text.partition("+")
-        base_name = base_name.strip()
+        reg, _, rest = text.partition("+")
+        reg = reg.strip()
         rest = ("+" + rest) if rest else ""
-        if not _REG.match(base_name):
+        if not _REG.match(reg):
             raise ConfigError(
-                f"{where}: {base_name!r} is not a register",
+                f"{where}: {reg!r} is not a register",
                 hint="use x0..x30 or a bracketed pointer load",
             )
-        base = _reg(base_name)
+        loads = ()
     rest = rest.strip()
     if not rest:
-        return base
+        return reg, loads, 0
     if not rest.startswith("+"):
         raise ConfigError(f"{where}: expected '+ struct.member' after the base, got {rest!r}")
     member = rest[1:].strip()
     if _NUMBER.fullmatch(member):
         # A fixed ABI layout (AAPCS64 frame record: [fp] = caller's fp, [fp + 8] = lr).
-        return f"{base} + {int(member, 0)}"
+        return reg, loads, int(member, 0)
     if not _MEMBER.fullmatch(member):
         raise ConfigError(f"{where}: {member!r} is not struct.member or a byte offset")
-    return f"{base} + {offset_of(member)}"
+    return reg, loads, offset_of(member)
 
 
-def to_gdb(expr: str, offset_of: Callable[[str], int], where: str = "capture") -> str:
-    """Translate one capture expression; ``offset_of`` maps struct.member to a byte offset."""
+def parse_capture(expr: str, offset_of: Callable[[str], int], where: str = "capture") -> Access:
+    """Parse one capture expression; ``offset_of`` maps struct.member to a byte offset."""
     text = expr.strip()
     if _REG.match(text):
-        return _reg(text)
+        return Access(text)
     type_name, _, rest = text.partition(" ")
     if type_name not in TYPES:
         raise ConfigError(
@@ -93,7 +129,14 @@ def to_gdb(expr: str, offset_of: Callable[[str], int], where: str = "capture") -
     rest = rest.strip()
     if not (rest.startswith("[") and rest.endswith("]")):
         raise ConfigError(f"{where}: the address in {expr!r} must be in brackets")
-    return f"*({TYPES[type_name]} *)({_addr(rest[1:-1], offset_of, where)})"
+    reg, loads, offset = _address(rest[1:-1], offset_of, where)
+    size, signed = SIZES[type_name]
+    return Access(reg, loads, offset, size, signed)
+
+
+def to_gdb(expr: str, offset_of: Callable[[str], int], where: str = "capture") -> str:
+    """Translate one capture expression; ``offset_of`` maps struct.member to a byte offset."""
+    return parse_capture(expr, offset_of, where).to_gdb()
 
 
 def members_of(expr: str) -> list[str]:

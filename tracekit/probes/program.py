@@ -27,21 +27,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tracekit.errors import ConfigError
-from tracekit.probes.capture import TYPES
+from tracekit.probes.capture import Access, parse_capture
 
-__all__ = ["SIZES", "CaptureProgram", "compile_capture", "world_programs"]
+__all__ = ["CaptureProgram", "compile_capture", "world_programs"]
 
-#: Bytes read by each capture TYPE; signed types are sign-extended (as GDB's cast does).
-SIZES: Mapping[str, tuple[int, bool]] = {
-    "u8": (1, False),
-    "u16": (2, False),
-    "u32": (4, False),
-    "u64": (8, False),
-    "s32": (4, True),
-}
-_REG = re.compile(r"^(?:[xw](?:[12]?\d|30)|cpsr|pc|sp)$")
-_MEMBER = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*(?:\[\d+\])?)+")
-_NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+")
 _NAME = re.compile(r"^[A-Za-z_@][\w.]*$")
 _MASK64 = (1 << 64) - 1
 
@@ -78,15 +67,7 @@ class CaptureProgram:
 
     def to_gdb(self) -> str:
         """The GDB expression that reads the same value (capture.to_gdb's form)."""
-        value = f"($x{self.reg[1:]} & 0xffffffff)" if self.reg.startswith("w") else f"${self.reg}"
-        for off in self.loads:
-            value = f"*(unsigned long *)({_plus(value, off)})"
-        if self.size == 0:
-            return value
-        type_name = next(
-            t for t, (size, signed) in SIZES.items() if (size, signed) == (self.size, self.signed)
-        )
-        return f"*({TYPES[type_name]} *)({_plus(value, self.offset)})"
+        return Access(self.reg, self.loads, self.offset, self.size, self.signed).to_gdb()
 
     def evaluate(
         self, registers: Mapping[str, int], read: Callable[[int, int], int | None], pc: int = 0
@@ -114,70 +95,13 @@ class CaptureProgram:
         return final & _MASK64
 
 
-def _plus(value: str, offset: int) -> str:
-    return f"{value} + {offset}" if offset else value
-
-
-def _address(
-    text: str, offset_of: Callable[[str], int], where: str
-) -> tuple[str, tuple[int, ...], int]:
-    """(base register, loads, offset) of ``base (+ MEMBER|NUMBER)?``."""
-    text = text.strip()
-    if text.startswith("["):
-        depth = 0
-        for i, ch in enumerate(text):
-            depth += ch == "["
-            depth -= ch == "]"
-            if depth == 0:
-                inner, rest = text[1:i], text[i + 1 :].strip()
-                break
-        else:
-            raise ConfigError(f"{where}: unbalanced brackets in {text!r}")
-        reg, loads, off = _address(inner, offset_of, where)
-        loads = (*loads, off)  # the inner address is loaded from
-    else:
-        reg, _, rest = text.partition("+")
-        reg = reg.strip()
-        rest = ("+" + rest) if rest else ""
-        if not _REG.match(reg):
-            raise ConfigError(
-                f"{where}: {reg!r} is not a register",
-                hint="use x0..x30 or a bracketed pointer load",
-            )
-        loads = ()
-    rest = rest.strip()
-    if not rest:
-        return reg, loads, 0
-    if not rest.startswith("+"):
-        raise ConfigError(f"{where}: expected '+ struct.member' after the base, got {rest!r}")
-    member = rest[1:].strip()
-    if _NUMBER.fullmatch(member):
-        return reg, loads, int(member, 0)
-    if not _MEMBER.fullmatch(member):
-        raise ConfigError(f"{where}: {member!r} is not struct.member or a byte offset")
-    return reg, loads, offset_of(member)
-
-
 def compile_capture(
     name: str, expr: str, offset_of: Callable[[str], int], where: str = "capture"
 ) -> CaptureProgram:
-    """Compile one capture expression (capture.py's grammar); ``offset_of`` maps
+    """Compile one capture expression (capture.py's grammar and parse); ``offset_of`` maps
     struct.member to a byte offset, as for capture.to_gdb."""
-    text = expr.strip()
-    if _REG.match(text):
-        return CaptureProgram(name, text)
-    type_name, _, rest = text.partition(" ")
-    if type_name not in SIZES:
-        raise ConfigError(
-            f"{where}: {expr!r} should be a register or TYPE [ADDR]",
-            hint=f"TYPE is one of {', '.join(SIZES)}",
-        )
-    rest = rest.strip()
-    if not (rest.startswith("[") and rest.endswith("]")):
-        raise ConfigError(f"{where}: the address in {expr!r} must be in brackets")
-    reg, loads, offset = _address(rest[1:-1], offset_of, where)
-    size, signed = SIZES[type_name]
-    return CaptureProgram(name, reg, loads, offset, size, signed)
+    a = parse_capture(expr, offset_of, where)
+    return CaptureProgram(name, a.reg, a.loads, a.offset, a.size, a.signed)
 
 
 def world_programs(kvm_mode: str) -> tuple[CaptureProgram, ...]:
