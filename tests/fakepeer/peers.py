@@ -22,6 +22,7 @@ from typing import Any, Literal
 from tracekit.errors import DebuggerError, VMError
 from tracekit.probes.resolve import ResolvedProbeSet
 from tracekit.record.peers import DebugEvent, Evaluated, Stopped, TargetLost
+from tracekit.record.stamps import PluginStamps
 from tracekit.vm.runtime import RuntimeDir
 
 # -- the script ------------------------------------------------------------------------
@@ -349,24 +350,14 @@ class FakeVm:
         return self.drain_lines()
 
 
-class FakePlugin:
-    """The stamp stream: the same files in the raw directory as tk_timebase's."""
+class FakePlugin(PluginStamps):
+    """The stamp stream: the real adapter (it only names the raw directory's files), with
+    the fake machine told where they are."""
 
     def __init__(self, m: Machine, raw_dir: Path) -> None:
+        super().__init__(raw_dir)
         self.m = m
-        self._raw_dir = raw_dir
         m.probe_file, m.log_file = self.probe_file, self.log_file
-
-    @property
-    def probe_file(self) -> Path:
-        return self._raw_dir / "probes.txt"
-
-    @property
-    def log_file(self) -> Path:
-        return self._raw_dir / "qemu.log"
-
-    def set_probes(self, text: str) -> None:
-        self.probe_file.write_text(text)
 
 
 class FakePeers:
