@@ -14,7 +14,6 @@ import them all from ``tracekit.config``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import tomllib
 import types
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tracekit.errors import ConfigError, ScenarioError
+from tracekit.errors import ConfigError, ScenarioError, did_you_mean
 
 __all__ = [
     "CONFIG_DIR",
@@ -150,8 +149,7 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields)}"
+            hint = did_you_mean(key, fields, f"known keys: {', '.join(fields)}")
             raise ConfigError(f"{where}: unknown key {key!r}", hint=hint)
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
@@ -304,10 +302,9 @@ class ScenarioCatalog:
         try:
             return self.scenarios[name]
         except KeyError:
-            close = difflib.get_close_matches(name, list(self.scenarios), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else ""
             raise ScenarioError(
-                f"unknown scenario {name!r} (known: {', '.join(self.scenarios)})", hint=hint or None
+                f"unknown scenario {name!r} (known: {', '.join(self.scenarios)})",
+                hint=did_you_mean(name, self.scenarios, None),
             ) from None
 
 
@@ -322,10 +319,9 @@ def load_scenarios(path: Path | None = None) -> ScenarioCatalog:
         raise ConfigError(f"{p}: default scenario {raw.default!r} is not defined")
     for name, kind in raw.workload_sources.items():
         if kind not in SOURCE_KIND_NAMES:
-            close = difflib.get_close_matches(kind, SOURCE_KIND_NAMES, n=1)
             raise ConfigError(
                 f"{p}: workload_sources.{name} = {kind!r} is not a source kind",
-                hint=f"did you mean {close[0]!r}?" if close else f"use one of {SOURCE_KIND_NAMES}",
+                hint=did_you_mean(kind, SOURCE_KIND_NAMES, f"use one of {SOURCE_KIND_NAMES}"),
             )
     return ScenarioCatalog(raw.default, specs, raw.workload_sources)
 
@@ -423,9 +419,8 @@ def load_original_names(path: Path | None = None) -> dict[str, str]:
         known |= {str(b.get("name")) for b in load_toml(probes).get("probe", [])}
     for key in names:
         if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
             raise ConfigError(
                 f"{p}: {key!r} is not a probe name or step",
-                hint=f"did you mean {close[0]!r}?" if close else "use a probe set's probe name",
+                hint=did_you_mean(key, sorted(known), "use a probe set's probe name"),
             )
     return names

@@ -25,6 +25,9 @@ but found a problem); any other exception is a bug and only shows a traceback wi
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 __all__ = [
     "ConfigError",
     "DebuggerError",
@@ -39,7 +42,14 @@ __all__ = [
     "TraceFileError",
     "TracekitError",
     "VMError",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(word: str, known: Iterable[str], otherwise: str | None) -> str | None:
+    """The hint for an unknown name: the closest known one, else ``otherwise``."""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f"did you mean {close[0]!r}?" if close else otherwise
 
 
 class TracekitError(Exception):

@@ -5,13 +5,12 @@ Kernel-version knowledge lives in those files; this module only loads and checks
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from tracekit.config import from_mapping, load_toml, named_config
-from tracekit.errors import ConfigError
+from tracekit.errors import ConfigError, did_you_mean
 from tracekit.kernel.alternatives import CpuCaps
 from tracekit.model.vocabulary import PROBE_ROLES, Role, Value
 from tracekit.probes.capture import members_of
@@ -155,11 +154,7 @@ class ProbeSet:
 def _known(word: str, known: tuple[str, ...], problem: str) -> None:
     """Refuse a word the vocabulary does not have, suggesting the closest one."""
     if word not in known:
-        close = difflib.get_close_matches(word, known, n=1)
-        raise ConfigError(
-            problem,
-            hint=f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(known)}",
-        )
+        raise ConfigError(problem, hint=did_you_mean(word, known, f"use one of {', '.join(known)}"))
 
 
 _PROBE_ROLES = tuple(r.value for r in PROBE_ROLES)
