@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qemu.qmp import QMPClient, QMPError
+from qemu.qmp import ConnectError, QMPClient, QMPError
 
 from tracekit.errors import VMError
 
@@ -69,11 +69,9 @@ class Monitor:
                 # QEMU binds its socket before it listens on it (socket_listen, util/
                 # qemu-sockets.c): in between, a connect is refused. Seen on a loaded
                 # machine; retry while QEMU runs and time is left.
-                refused = (
-                    isinstance(exc, ConnectionRefusedError)
-                    or isinstance(exc.__cause__ or exc.__context__, ConnectionRefusedError)
-                    or "Connection refused" in str(exc)
-                )
+                # qemu.qmp wraps the socket's error in ConnectError (its ``exc``).
+                cause = exc.exc if isinstance(exc, ConnectError) else exc
+                refused = isinstance(cause, ConnectionRefusedError)
                 if not refused or not alive() or time.monotonic() > deadline:
                     raise VMError(f"cannot connect to QMP at {self.socket_path}: {exc}") from None
                 time.sleep(0.05)
