@@ -52,17 +52,20 @@ def _host_architecture() -> str:
     return arch
 
 
+def _cached_manifest(cache: Path) -> dict[str, str] | None:
+    """The manifest of the unpacked newer QEMU, if it names a binary that is there."""
+    try:
+        meta = json.loads((cache / "qemu" / "manifest.json").read_text())
+        binary = Path(meta["binary"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {str(k): str(v) for k, v in meta.items()} if binary.exists() else None
+
+
 def cached_newer_qemu(cache: Path | None = None) -> Path | None:
     """The unpacked newer QEMU's binary, if ``guest build --newer-qemu`` cached one."""
-    root = (cache or cache_dir()) / "qemu"
-    manifest = root / "manifest.json"
-    if not manifest.exists():
-        return None
-    try:
-        binary = Path(json.loads(manifest.read_text())["binary"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    return binary if binary.exists() else None
+    meta = _cached_manifest(cache or cache_dir())
+    return Path(meta["binary"]) if meta is not None else None
 
 
 def fetch_newer_qemu(
@@ -81,9 +84,9 @@ def fetch_newer_qemu(
         return {"version": "the host's own QEMU", "binary": tools.qemu}
     cache = cache or cache_dir()
     root = cache / "qemu"
-    cached = cached_newer_qemu(cache)
+    cached = _cached_manifest(cache)
     if cached is not None and not force:
-        return json.loads((root / "manifest.json").read_text())  # type: ignore[no-any-return]
+        return cached
     suite = f"{debian.host_codename()}-backports"
     arch = _host_architecture()
     apt = debian.PrivateApt(
