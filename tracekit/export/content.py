@@ -200,13 +200,6 @@ class Exporter(TrackLayout):
         # The row (B, C and D as seen, wherever D is drawn), then the UI's extras.
         durations = {p: s.end - s.start for p, s in spans.items()}
         args = ExitRow.described(ex, described, durations).to_args()
-        first = last = None
-        for s in spans.values():
-            if first is None or s.start < first:
-                first = s.start
-            if last is None or s.end > last:
-                last = s.end
-        assert first is not None and last is not None  # spans is not empty
         d = spans.get("D")
         if d is not None and not ex.d_on_one_cpu and ex.vcpu >= 0:
             # The vCPU's thread slept in its handler (WFI) or migrated: its CPU ran other
@@ -214,11 +207,6 @@ class Exporter(TrackLayout):
             # guest then) and the CPU's exit slice covers B and C only.
             del spans["D"]
             args["d_l1_cpus"] = f"CPU{ex.handle_cpu} -> CPU{ex.d_cpu}"
-            if spans:
-                first = min(s.start for s in spans.values())
-                last = max(s.end for s in spans.values())
-            else:
-                first = last = d.start  # no B or C seen: a mark where handle_exit ran
             self._vcpu(ex.vcpu).slice(
                 next(self._order), d.start, d.end,
                 f"{PHASE_TITLES['D']}: {reason} (L1 CPU{ex.handle_cpu} -> CPU{ex.d_cpu})",
@@ -226,6 +214,12 @@ class Exporter(TrackLayout):
                  "cpu_taken_ns": None if ex.cpu_taken_t is None else ex.cpu_taken_t - d.start},
                 (), True,
             )  # fmt: skip
+        if spans:
+            first = min(s.start for s in spans.values())
+            last = max(s.end for s in spans.values())
+        else:
+            assert d is not None  # only D was there, and it moved
+            first = last = d.start  # no B or C seen: a mark where handle_exit ran
         nest.slice(
             next(self._order),
             first,
