@@ -78,6 +78,13 @@ def checked(tmp_path_factory: pytest.TempPathFactory, guest_assets: object) -> d
 
 
 @pytest.fixture(scope="module")
+def nvhe_checked(tmp_path_factory: pytest.TempPathFactory, guest_assets: object) -> dict[str, Any]:
+    return _record(
+        tmp_path_factory.mktemp("pv") / "nc.pftrace", "--kvm-mode", "nvhe", "--read-values"
+    )
+
+
+@pytest.fixture(scope="module")
 def nvhe(tmp_path_factory: pytest.TempPathFactory, guest_assets: object) -> dict[str, Any]:
     return _record(tmp_path_factory.mktemp("pv") / "n.pftrace", "--kvm-mode", "nvhe")
 
@@ -107,10 +114,28 @@ def test_every_plugin_value_agrees_with_gdb(checked: dict[str, Any]) -> None:
     assert "plugin-read values checked against GDB reads:" in said and " 0 disagree" in said
 
 
-def test_nvhe_stops_only_to_relocate_the_hyp_probes(nvhe: dict[str, Any]) -> None:
+def test_nvhe_places_the_hyp_probes_without_a_stop(nvhe: dict[str, Any]) -> None:
+    """The plugin reads VBAR_EL2 itself and moves the hyp probes (tk_timebase.c
+    relocate_hyp): not one debugger stop, and no hyp probe hidden in code translated
+    before the move."""
     _assert_chains_equal_ground_truth(nvhe["summary"])
     meta = nvhe["meta"]
     assert meta["kvm_mode"] == "nvhe" and meta["hyp_va_delta"] is not None
-    assert meta["stops"] == 2  # the relocation stop and its breakpoint's removal
+    assert meta["stops"] == 0 and meta["merge"]["debug_stops"] == 0
+    assert meta["vbar_el2"] - meta["hyp_va_delta"] > 0  # the host vector's kernel VA
     assert meta["merge"]["exceptions_unpaired"] == 0
     assert meta["merge"]["plugin_values_missing"] == 0
+    hyp = [p for p in meta["probes"] if p["hyp"]]
+    assert hyp and all(meta["merge"]["per_probe"].get(p["name"], 0) > 0 for p in hyp)
+
+
+def test_nvhe_gdb_reads_the_same_vbar_el2(nvhe_checked: dict[str, Any]) -> None:
+    """--read-values: GDB, the reference, reads VBAR_EL2 at its first host stop; the
+    plugin's read agrees (a disagreement ends the recording with an error)."""
+    _assert_chains_equal_ground_truth(nvhe_checked["summary"])
+    meta = nvhe_checked["meta"]
+    assert meta["vbar_el2_gdb"] == meta["vbar_el2"]
+    checks = meta["merge"]["plugin_checks"]
+    assert not [k for k in checks if k.endswith(".disagreed")], meta["merge"][
+        "plugin_disagreements"
+    ]

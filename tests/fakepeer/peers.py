@@ -5,7 +5,8 @@ The machine plays its script one step at a time while the target runs (the debug
 event stream drives it, as GDB's records drive the real loop). Its plugin behaves like
 tk_timebase: it stamps only the PCs its probe file lists, and re-reads that file at
 start and at each translation-cache flush (a breakpoint insert), so a hyp probe is
-stamped only once the recorder relocated it.
+stamped only once the recorder relocated it. Given ``h``/``k`` lines (plugin API 4), it
+places the hyp probes itself at the first host :class:`Capture`, as relocate_hyp does.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Capture:
+    """A CPU executes a probe the plugin reads values at (plugin API 4, no stop)."""
+
+    probe: str
+    cpu: int = 0
+    el: int = 1
+    hcr: int = 0
+
+
+@dataclass(frozen=True)
 class QemuExits:
     code: int
     stderr: str = ""
@@ -81,7 +92,7 @@ class CtrlC:
     times: int = 1
 
 
-Step = Say | Hit | Run | QemuExits | GdbDies | CtrlC
+Step = Say | Hit | Run | Capture | QemuExits | GdbDies | CtrlC
 
 
 # -- the machine -----------------------------------------------------------------------
@@ -97,6 +108,7 @@ class Machine:
         *,
         hyp_delta: int = 0,
         vbar_el2: int = 0,
+        stale_hyp_probes: int = 0,
         qmp_refused: bool = False,
         exit_at_start: tuple[int, str] | None = None,
     ) -> None:
@@ -104,6 +116,12 @@ class Machine:
         self.probes = {p.name: p for p in probes.probes}
         self.hyp_delta = hyp_delta
         self.vbar_el2 = vbar_el2
+        #: How many hyp probes the plugin finds in code translated before it moved them.
+        self.stale_hyp_probes = stale_hyp_probes
+        self.hyp_vector: int | None = None
+        self.hyp_kvas: list[int] = []
+        self.hyp_moved = False
+        self.hyp_given_up = False
         self.qmp_refused = qmp_refused
         self.exit_at_start = exit_at_start
         self.running = False
@@ -130,9 +148,38 @@ class Machine:
     def reload_probe_file(self) -> None:
         assert self.probe_file is not None
         self.stamped = set()
+        self.hyp_kvas = []
         for line in self.probe_file.read_text().splitlines():
-            if line and not line.startswith(("m ", "c ")):
+            if line.startswith("h "):
+                self.hyp_vector = int(line[2:], 16)
+            elif line.startswith("k "):
+                self.hyp_kvas.append(int(line[2:], 16))
+                if self.hyp_moved:
+                    self.stamped.add(int(line[2:], 16) + self.hyp_delta)
+            elif line and not line.startswith(("m ", "c ")):
                 self.stamped.add(int(line, 16))
+
+    def capture(self, step: Capture) -> None:
+        """tk_timebase's on_probe_values: the stamp, and the hyp probes' move."""
+        p = self.probes[step.probe]
+        self.stamp(step.cpu, p.stamp_address)
+        if self.hyp_vector is None or self.hyp_moved or self.hyp_given_up:
+            return
+        if step.el != 1 or step.hcr & 1:
+            return
+        assert self.log_file is not None
+        with self.log_file.open("a") as fh:
+            if (self.vbar_el2 & 0xFFF) != (self.hyp_vector & 0xFFF):
+                self.hyp_given_up = True
+                fh.write(f"TKH {step.cpu} {self.t} {self.vbar_el2:x} bad\n")
+                return
+            delta = self.vbar_el2 - self.hyp_vector
+            self.hyp_moved = True
+            self.stamped |= {kva + delta for kva in self.hyp_kvas}
+            wrapped = delta & (2**64 - 1)  # the plugin's uint64_t
+            fh.write(
+                f"TKH {step.cpu} {self.t} {self.vbar_el2:x} {wrapped:x} {self.stale_hyp_probes}\n"
+            )
 
     def stamp(self, cpu: int, pc: int) -> None:
         self.t += 137
@@ -156,6 +203,8 @@ class Machine:
             self.say(step.line)
         elif isinstance(step, Hit):
             return self._hit(step)
+        elif isinstance(step, Capture):
+            self.capture(step)
         elif isinstance(step, Run):
             p = self.probes[step.probe]
             self.stamp(step.cpu, p.address + (self.hyp_delta if p.spec.hyp else 0))

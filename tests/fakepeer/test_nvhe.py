@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.fakepeer import kernel
-from tests.fakepeer.peers import Hit, Run, Say
-from tests.fakepeer.recording import record
+from tests.fakepeer.peers import Capture, Hit, Run, Say
+from tests.fakepeer.recording import Recorded, record
 
 pytestmark = pytest.mark.fakepeer
 
@@ -70,42 +70,73 @@ def test_vbar_that_is_not_the_host_vector_is_refused(tmp_path: Path) -> None:
     rec.assert_nothing_left()
 
 
-def test_plugin_values_stop_only_to_relocate(tmp_path: Path) -> None:
-    """--plugin-values: no probe stops for values, but the hyp probes still learn their
-    EL2 addresses at the first host stop, at relocation-only breakpoints: the one hit
-    stays until its next hit (GDB's step over it flushes QEMU's translations after the
-    probe file was rewritten, stops.py), the others go at once; nothing is read."""
-    res = kernel.resolution("nvhe", plugin_values=True)
-    assert res.probes.stop_probes() == []
-    relocation = [p for p in res.probes.probes if p.spec.mode == "stop"]
-    steps: list[Hit | Run | Say] = [
+def _plugin_script() -> list[Hit | Run | Capture | Say]:
+    return [
         Say(kernel.ready("nvhe")),
-        Hit(STOP, el=1, hcr=0),  # relocation happens here
+        Run(HYP[0]),  # before the move: not stamped
+        Capture(STOP, el=1, hcr=1),  # L2 (stage 2 on): VBAR_EL2 is the guest vector
+        Capture(STOP, el=1, hcr=0),  # the host: the plugin moves the hyp probes here
         Run(HYP[0]),
-        Hit(STOP, el=1, hcr=0),  # its breakpoint goes
-        Run(HYP[0]),
+        Run(HYP[1]),
         Say(kernel.ground_truth()),
         Say(kernel.done()),
     ]
-    rec = record(
+
+
+def _plugin_record(tmp_path: Path, **machine: int) -> Recorded:
+    res = kernel.resolution("nvhe", plugin_values=True)
+    assert res.probes.stop_probes() == []
+    return record(
         tmp_path,
-        steps,
+        _plugin_script(),
         kvm_mode="nvhe",
         res=res,
         opts=kernel.options(tmp_path, "nvhe", plugin_values=True),
-        hyp_delta=kernel.HYP_DELTA,
-        vbar_el2=kernel.VBAR_EL2,
+        **{"hyp_delta": kernel.HYP_DELTA, "vbar_el2": kernel.VBAR_EL2, **machine},
     )
+
+
+def test_plugin_values_place_the_hyp_probes_without_a_stop(tmp_path: Path) -> None:
+    """--plugin-values (plugin API 4): the plugin reads VBAR_EL2 at the first host run of
+    a probe with captures and moves the hyp probes itself (tk_timebase.c relocate_hyp);
+    the recorder learns the delta from its TKH line. No breakpoint, no stop."""
+    rec = _plugin_record(tmp_path)
     assert rec.result.ended_by == "ground-truth" and rec.result.error is None
     meta = rec.result.meta
-    assert meta["hyp_va_delta"] == kernel.HYP_DELTA and meta["plugin_values"] is True
-    calls = rec.machine.calls
-    inserted = [c for c in calls if c.startswith("gdb.break-insert")]
-    assert inserted[: len(relocation)] == [f"gdb.break-insert {p.address:#x}" for p in relocation]
-    assert rec.machine.breakpoints == {}  # every relocation breakpoint removed
-    assert rec.hits() == [] and meta["stops"] == 2
-    assert meta["merge"]["per_probe"][HYP[0]] == 2
-    programs = [ln for ln in (rec.raw / "probes.txt").read_text().splitlines() if ln[:2] == "c "]
+    assert meta["hyp_va_delta"] == kernel.HYP_DELTA and meta["vbar_el2"] == kernel.VBAR_EL2
+    assert meta["plugin_values"] is True and meta["stops"] == 0
+    assert not [c for c in rec.machine.calls if c.startswith("gdb.break-insert")]
+    assert rec.hits() == []
+    per_probe = meta["merge"]["per_probe"]
+    assert per_probe[HYP[0]] == 1 and per_probe[HYP[1]] == 1  # the early run is not stamped
+    moved = {p["name"]: p["address"] for p in meta["probes"] if p["hyp"]}
+    hyp = {p.name: p for p in kernel.resolution("nvhe").probes.probes if p.spec.hyp}
+    assert moved == {n: p.address + kernel.HYP_DELTA for n, p in hyp.items()}
+    lines = (rec.raw / "probes.txt").read_text().splitlines()
+    assert f"h {kernel.HOST_VECTOR:x}" in lines
+    assert {f"k {p.address:x}" for p in hyp.values()} <= set(lines)
+    programs = [ln for ln in lines if ln[:2] == "c "]
     assert programs and all(
         ln.split()[2] != "@hcr" or ln.split()[3] == "HCR_EL2" for ln in programs
     )
+
+
+def test_plugin_vbar_that_is_not_the_host_vector_is_refused(tmp_path: Path) -> None:
+    rec = _plugin_record(tmp_path, vbar_el2=0x1234)
+    assert rec.result.ended_by == "error"
+    reason = rec.result.incomplete_reason or ""
+    assert reason.startswith("VBAR_EL2 0x1234 (read by the plugin) is not the nVHE host vector")
+    assert "kvm-arm.mode=nvhe" in reason
+    rec.assert_nothing_left()
+
+
+def test_hyp_probes_translated_before_the_move_are_refused(tmp_path: Path) -> None:
+    """A hyp probe inside a block QEMU translated before the plugin moved it would never
+    be stamped: the recording says so instead of missing its events quietly."""
+    rec = _plugin_record(tmp_path, stale_hyp_probes=2)
+    assert rec.result.ended_by == "error"
+    reason = rec.result.incomplete_reason or ""
+    assert reason.startswith("2 nVHE hyp probes lay in code QEMU translated before")
+    assert "--no-plugin-values" in reason
+    assert rec.result.meta["hyp_va_delta"] == kernel.HYP_DELTA  # the trace is still usable
+    rec.assert_nothing_left()

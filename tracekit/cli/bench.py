@@ -42,9 +42,10 @@ ROWS = (
     help="Synthetic raw events for the export benchmark.",
 )
 @click.option(
-    "--plugin-values",
-    is_flag=True,
-    help="Trace with `record --plugin-values` (the plugin reads the values; QEMU >= 9.2).",
+    "--plugin-values/--no-plugin-values",
+    default=None,
+    help="Trace as `record --plugin-values` (the plugin reads the values; QEMU >= 9.2) or"
+    " `--no-plugin-values` (GDB stops); default: as `record` would on this QEMU.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(
@@ -53,7 +54,7 @@ def bench(
     vcpus: int,
     machine: str,
     export_events: int,
-    plugin_values: bool,
+    plugin_values: bool | None,
     as_json: bool,
 ) -> int:
     """Measure tracing overhead (untraced vs traced, one run) and export throughput."""
@@ -61,8 +62,11 @@ def bench(
     from tracekit.cli import err_console
     from tracekit.guest.assets import load_assets
     from tracekit.guest.runner import validate_request
+    from tracekit.record.resolve import plugin_values_by_default
 
     req = validate_request(load_scenarios().get(scenario_name), count, vcpus)
+    if plugin_values is None:
+        plugin_values = plugin_values_by_default(load_tools().qemu)
     with err_console.status("benchmarking") as status:
         res = run_bench(
             req,

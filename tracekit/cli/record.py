@@ -102,11 +102,12 @@ def default_output(scenario: str) -> Path:
     "every inferred value against them (slower; proves the inference rules).",
 )
 @click.option(
-    "--plugin-values",
-    is_flag=True,
+    "--plugin-values/--no-plugin-values",
+    default=None,
     help="Have the TCG plugin read the probes' values itself (QEMU >= 9.2, plugin API 4): "
-    "no debugger stop for them. With --read-values GDB still stops and every value the "
-    "plugin read is checked against GDB's.",
+    "no debugger stop at all. The default wherever the QEMU allows it; --no-plugin-values "
+    "reads them at GDB breakpoint stops instead. With --read-values GDB also stops and "
+    "every value the plugin read is checked against GDB's.",
 )
 @click.option("--console", "show_console", is_flag=True, help="Show the L1 console tail.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -123,7 +124,7 @@ def record(
     stall_timeout: float,
     kernel_args: tuple[str, ...],
     read_values: bool,
-    plugin_values: bool,
+    plugin_values: bool | None,
     show_console: bool,
     as_json: bool,
 ) -> int:
@@ -138,6 +139,7 @@ def record(
     from tracekit.record.options import RecordOptions
     from tracekit.record.pipeline import export_raw
     from tracekit.record.recorder import Recorder
+    from tracekit.record.resolve import plugin_values_by_default
     from tracekit.render.summary import render_summary
 
     catalog = load_scenarios()
@@ -149,6 +151,8 @@ def record(
     out = output or default_output(spec.name)
     if out.suffix != ".pftrace":
         raise TracekitError(f"output {out} should end in .pftrace", hint="e.g. -o trace.pftrace")
+    if plugin_values is None:
+        plugin_values = plugin_values_by_default(load_tools().qemu)
     opts = RecordOptions(
         req,
         profile,

@@ -88,11 +88,19 @@ def check_qemu(tools: ToolPaths) -> CheckResult:
             exc.hint or _apt_fix("qemu-system-arm"),
         )
     # API 1 (QEMU 7.2) timestamps probes; values are read at debugger stops. API 4 (9.2+)
-    # could read registers and memory in the plugin itself (not used yet).
+    # reads registers and memory in the plugin itself: record's default there.
+    from tracekit.record.resolve import PLUGIN_VALUES_API
+
+    mode = (
+        "record reads values in the plugin, no debugger stop (--no-plugin-values: at GDB stops)"
+        if api >= PLUGIN_VALUES_API
+        else "record reads values at GDB stops (plugin-read values need QEMU >= 9.2)"
+    )
     return CheckResult(
         "QEMU (aarch64)",
         True,
-        f"{version}; virt: virtualization=on, gic-version=3 supported; TCG plugin API {api}",
+        f"{version}; virt: virtualization=on, gic-version=3 supported; TCG plugin API {api}:"
+        f" {mode}",
     )
 
 

@@ -30,6 +30,8 @@ class RunFacts:
     #: nVHE: the EL2 VA of the hyp code minus its kernel VA, and VBAR_EL2 it came from.
     hyp_va_delta: int | None = None
     vbar_el2: int | None = None
+    #: nVHE with the plugin placing the hyp probes and --read-values: GDB's VBAR_EL2.
+    vbar_el2_gdb: int | None = None
     l1_ready_s: float | None = None
     ground_truth_s: float | None = None
     stops_at_ground_truth: int | None = None
@@ -43,6 +45,7 @@ class RunFacts:
             "ready_s",
             "hyp_va_delta",
             "vbar_el2",
+            "vbar_el2_gdb",
             "l1_ready_s",
             "ground_truth_s",
             "stops_at_ground_truth",

@@ -24,7 +24,7 @@ from tracekit.errors import DebuggerError, TracekitError, VMError
 from tracekit.guest.assets import GuestAssets
 from tracekit.model.ground_truth import GroundTruth
 from tracekit.record.adapters import RealPeers
-from tracekit.record.arm import arm, relocation_probes, roundtrip_ms
+from tracekit.record.arm import arm, roundtrip_ms
 from tracekit.record.collect import keep_console, teardown
 from tracekit.record.finish import incomplete_reason, merge_recording
 from tracekit.record.hyp import HypProbes
@@ -95,12 +95,19 @@ class Recorder:
         self.on_update(self.stats)
         res = self._resolve()
         stamps = self._peers.stamps(self.raw_dir)
-        prepare_raw_dir(self.raw_dir, self.opts.output, stamps, res.probes)
+        facts = RunFacts()
+        hyp = HypProbes(
+            res.probes,
+            res.symbols,
+            res.probe_set.hyp_host_vector,
+            stamps,
+            facts,
+            in_plugin=self.opts.plugin_values,  # plugin API 4 (resolve.py checks)
+        )
+        prepare_raw_dir(self.raw_dir, self.opts.output, stamps, hyp.probe_file())
         runtime = RuntimeDir.create()
         argv = qemu_argv(self.opts, self.assets, self.tools.qemu, res.plugin, stamps, runtime)
         initial = initial_meta(self.opts, self.assets, res, argv, self.host_el)
-        facts = RunFacts()
-        hyp = HypProbes(res.probes, res.symbols, res.probe_set.hyp_host_vector, stamps, facts)
         truth: GroundTruth | None = None
         ended_by = "unknown"
         incomplete: str | None = None
@@ -117,12 +124,7 @@ class Recorder:
             self.on_update(self.stats)
             debugger = self._peers.debugger(self.raw_dir / "gdb-mi.log")
             try:
-                armed = arm(
-                    debugger,
-                    runtime,
-                    res.probes,
-                    relocation_probes(res.probes, self.opts.plugin_values),
-                )
+                armed = arm(debugger, runtime, res.probes)
             except DebuggerError as exc:
                 if vm.poll() is None:
                     raise
@@ -137,7 +139,6 @@ class Recorder:
                 self.opts.profile.kvm_mode,
                 self.stats,
                 hits_file,
-                armed.relocation,
             )
             debugger.resume()
             self.stats.phase = "booting L1"
@@ -165,6 +166,11 @@ class Recorder:
             hits_file.close()
             keep_console(runtime, self.raw_dir)
             runtime.remove()
+        try:
+            hyp.adopt_plugin_move(stamps.log_file)
+        except TracekitError as exc:
+            if error is None:  # the first fault is the one to name
+                ended_by, incomplete, error = "error", str(exc), exc
         meta = final_meta(
             initial,
             facts,

@@ -20,10 +20,16 @@ from tracekit.probes.select import choose_probe_set
 from tracekit.probes.spec import ProbeSet, load_probe_set
 from tracekit.record.options import RecordOptions
 from tracekit.record.peers import StampStream
-from tracekit.record.stamps import plugin_probe_file
 from tracekit.vm.plugin import ensure_plugin, qemu_plugin_api
 
-__all__ = ["Resolution", "prepare_raw_dir", "resolve", "resolve_for"]
+__all__ = [
+    "PLUGIN_VALUES_API",
+    "Resolution",
+    "plugin_values_by_default",
+    "prepare_raw_dir",
+    "resolve",
+    "resolve_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,16 @@ def _offset_resolver(assets: GuestAssets) -> Callable[[str], int]:
 PLUGIN_VALUES_API = 4
 
 
+def plugin_values_by_default(qemu: str) -> bool:
+    """Whether ``record`` has the plugin read the values (no debugger stop) when neither
+    ``--plugin-values`` nor ``--no-plugin-values`` is given: whenever this QEMU's plugins
+    can (QEMU >= 9.2). GDB stays attached, the reference ``--read-values`` checks against.
+
+    :raises EnvironmentProblem: the QEMU cannot be run or is not supported.
+    """
+    return qemu_plugin_api(qemu) >= PLUGIN_VALUES_API
+
+
 def resolve_for(
     assets: GuestAssets,
     pset: ProbeSet,
@@ -102,7 +118,8 @@ def resolve(opts: RecordOptions, assets: GuestAssets, tools: ToolPaths) -> Resol
         raise EnvironmentProblem(
             f"--plugin-values needs a QEMU whose TCG plugin API is >= {PLUGIN_VALUES_API}"
             f" (QEMU >= 9.2); {tools.qemu} speaks API {api}",
-            hint="record without --plugin-values, or select QEMU 10.0 with TRACEKIT_QEMU=PATH",
+            hint="record without --plugin-values (GDB reads the values at stops), or select"
+            " QEMU 10.0 with TRACEKIT_QEMU=PATH",
         )
     pset = load_probe_set(name)
     probes, symbols = resolve_for(
@@ -120,17 +137,15 @@ def resolve(opts: RecordOptions, assets: GuestAssets, tools: ToolPaths) -> Resol
     return Resolution(name, pset, probes, symbols, plugin, _probe_lines(assets, probes))
 
 
-def prepare_raw_dir(
-    raw_dir: Path, output: Path, stamps: StampStream, probes: ResolvedProbeSet
-) -> None:
+def prepare_raw_dir(raw_dir: Path, output: Path, stamps: StampStream, probe_file: str) -> None:
     """Empty the raw directory of an earlier recording's files, and tell the plugin its
-    probes."""
+    probes (``probe_file``: record/stamps.py)."""
     try:
         raw_dir.mkdir(parents=True, exist_ok=True)
         output.parent.mkdir(parents=True, exist_ok=True)
         for stale in STALE:
             (raw_dir / stale).unlink(missing_ok=True)
-        stamps.set_probes(plugin_probe_file(probes))
+        stamps.set_probes(probe_file)
     except OSError as exc:
         raise TracekitError(
             f"cannot write the recording to {raw_dir}: {exc.strerror}",

@@ -18,10 +18,19 @@ MAX_NAME = 31
 MAX_LOADS = 8
 
 
-def plugin_probe_file(probes: ResolvedProbeSet) -> str:
+def plugin_probe_file(probes: ResolvedProbeSet, hyp_vector: int | None = None) -> str:
     """The timebase plugin's input: probe PCs, ``m PC`` for pointer sites and ``c PC ...``
-    capture programs (probes/program.py) at each probe's stamp address."""
-    lines = [f"{p.stamp_address:x}\n" for p in probes.probes]
+    capture programs (probes/program.py) at each probe's stamp address.
+
+    ``hyp_vector`` (the kernel VA of the nVHE host vector): the plugin places the hyp
+    probes itself (``h`` and ``k`` lines, tk_timebase.c relocate_hyp) instead of waiting
+    for the recorder to learn their EL2 addresses at a debugger stop (record/hyp.py)."""
+    in_plugin = hyp_vector is not None
+    lines = [f"h {hyp_vector:x}\n"] if in_plugin else []
+    lines += [
+        f"k {p.stamp_address:x}\n" if in_plugin and p.spec.hyp else f"{p.stamp_address:x}\n"
+        for p in probes.probes
+    ]
     lines += [f"m {pc:x}\n" for p in probes.probes for _, pc, _ in p.pointer_sites]
     lines += [c.line(p.stamp_address) for p in probes.probes for c in _checked(p)]
     return "".join(lines)

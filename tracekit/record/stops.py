@@ -28,7 +28,6 @@ class StopHandler:
         kvm_mode: str,
         stats: LiveStats,
         hits: TextIO,
-        relocation: frozenset[str] = frozenset(),
     ) -> None:
         self._dbg = debugger
         self._by_breakpoint = by_breakpoint
@@ -37,8 +36,6 @@ class StopHandler:
         self._kvm_mode = kvm_mode
         self._stats = stats
         self._hits = hits
-        #: Breakpoints only for the nVHE relocation (arm.relocation_probes).
-        self._relocation = set(relocation)
         self._phase_of = {p.name: p.spec.phase for p in hyp.probes.probes}
         self._seq = 0
         #: read_and_resume token -> (the hit being read, the names of its values).
@@ -60,9 +57,6 @@ class StopHandler:
             log.debug("GDB stop (%s); continuing", stop.reason)
             self._dbg.resume()
             return
-        if stop.breakpoint in self._relocation:
-            self._relocate_only(stop.breakpoint)
-            return
         probe = self._by_breakpoint.get(stop.breakpoint)
         thread = stop.thread
         cpu = self._thread_cpu.get(thread, int(thread) - 1 if thread.isdigit() else -1)
@@ -72,6 +66,8 @@ class StopHandler:
         self._stats.stops += 1
         if self._hyp.pending:
             self._hyp.relocate(self._dbg)
+        elif self._hyp.check_pending:
+            self._hyp.check_at_stop(self._dbg)
         # VHE: the exception level alone tells host from guest (see world.py).
         exprs = [("cpsr", "$cpsr")]
         if self._kvm_mode != "vhe":
@@ -90,25 +86,6 @@ class StopHandler:
         resume_at = probe.address + 4 if probe.skip_entry else None
         token = self._dbg.read_and_resume([e for _, e in exprs], resume_at)
         self._inflight[token] = (hit, [name for name, _ in exprs])
-
-    def _relocate_only(self, hit: str) -> None:
-        """A relocation-only breakpoint (no value is read: the plugin reads them).
-
-        The first one moves the hyp probes. The plugin re-reads its probe file when QEMU
-        flushes its translations, which QEMU 10.0 does at every debug stop
-        (gdbstub/system.c, gdb_vm_state_change: tb_flush on RUN_STATE_DEBUG), but this
-        stop's flush came before the file was rewritten. So the breakpoint just hit stays:
-        GDB's single step over it on resuming is the debug stop whose flush makes the
-        plugin stamp the hyp probes, and its next hit removes it. The others go now.
-        """
-        self._stats.stops += 1
-        keep = {hit} if self._hyp.pending else set()
-        if self._hyp.pending:
-            self._hyp.relocate(self._dbg)
-        for number in sorted(self._relocation - keep):
-            self._dbg.remove_breakpoint(number)
-        self._relocation = keep
-        self._dbg.resume()
 
     def _on_values(self, answer: Evaluated) -> None:
         hit, names = self._inflight.pop(answer.token)

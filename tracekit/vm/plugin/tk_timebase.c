@@ -33,6 +33,13 @@
  *                             vCPU from the callback's index because the running vCPU
  *                             could not be determined (see running_vcpu); 0 when every
  *                             line names the vCPU that ran the instruction
+ *   TKH <vcpu> <t> <vbar-hex> <delta-hex> <stale>
+ *                             (API 4, nVHE) the hyp probes ("k" lines) moved to their EL2
+ *                             addresses: VBAR_EL2 read in the host, the delta every
+ *                             __kvm_nvhe_ symbol moves by, and how many probe PCs lay in a
+ *                             block translated before (0 expected; see relocate_hyp);
+ *                             "TKH <vcpu> <t> <vbar-hex> bad" when VBAR_EL2 was not the
+ *                             host vector (no probe moved)
  *   TKE <t>                   QEMU is exiting
  *
  * Arguments: probes=FILE: one hex PC per line (a probe), or "m <hex PC>" (a memory site),
@@ -43,6 +50,10 @@
  * address), for each of the <n> loads add its offset and read 8 bytes there, then add
  * <off> and read <size> bytes (1, 2, 4, 8; -4 sign-extends 4 bytes; 0 keeps the value).
  * A probe with captures is instrumented with QEMU_PLUGIN_CB_R_REGS and prints TKV.
+ * (API 4, nVHE) "h <hex KVA>": the kernel VA of the nVHE host vector
+ * (__kvm_nvhe___kvm_hyp_host_vector), and "k <hex KVA>": a hyp probe at its kernel VA,
+ * stamped at KVA + delta once the plugin has learnt the delta itself (relocate_hyp), so
+ * an nVHE recording needs no debugger stop to place them either.
  * The file is read again whenever QEMU
  * flushes its translation cache (a GDB breakpoint insert does), so probes whose address
  * is only known at run time (nVHE hyp code at EL2 virtual addresses) can be added: write
@@ -181,6 +192,31 @@ struct capture {
 };
 
 static struct capture *captures; /* sorted by pc, file order within a pc */
+
+/* ---- nVHE hyp probes placed by the plugin (API 4) -----------------------------------
+ * KVM's nVHE hyp code runs at EL2 virtual addresses chosen at every boot (the linear
+ * alias of the code with a random tag: arch/arm64/kvm/va_layout.c), so its probes are
+ * written as kernel VAs ("k") and moved by delta = VBAR_EL2 - KVA(host vector), read in
+ * the host once KVM has installed its vectors (the first host execution of a probe with
+ * captures: those run after the VMM created its VM, when VBAR_EL2 holds the host
+ * vector while the host runs; hyp/nvhe/switch.c __deactivate_traps). This replaces the
+ * debugger stop the recorder otherwise makes to read VBAR_EL2 (record/hyp.py).
+ *
+ * A block translated before the move keeps no stamp for a probe inside it: while the move
+ * is pending, blocks at VAs below 2^48 (EL2's single nVHE range; also L1 user space) are
+ * remembered, and at the move every probe PC is checked against them. QEMU offers a
+ * flush to plugins only through qemu_plugin_reset, which in 10.0 left its lock taken
+ * (QEMU issue 2901, fixed after 10.0.0), so a stale probe is reported (TKH's <stale>)
+ * and the recording refused, never silently missed. */
+static uint64_t hyp_vector_kva;   /* 0: no "h" line */
+static uint64_t *hyp_kvas;        /* "k" lines */
+static size_t n_hyp_kvas;
+static bool hyp_moved;
+static bool hyp_given_up;         /* VBAR_EL2 was not the host vector */
+static uint64_t hyp_delta;
+struct range { uint64_t start, end; };
+static struct range *early_blocks; /* low-VA blocks translated before the move */
+static size_t n_early_blocks, cap_early_blocks;
 static size_t n_captures;
 /* Register names the programs use, interned for good (slots stay valid across reloads). */
 static char reg_names[MAX_REGS][MAX_NAME];
@@ -470,11 +506,16 @@ static int run_capture(char *out, size_t room, const struct capture *c, unsigned
     return snprintf(out, room, " %s=%" PRIx64, c->name, value);
 }
 
+static void relocate_hyp(unsigned int cpu, uint64_t t);
+
 static void on_probe_values(unsigned int vcpu, void *udata)
 {
     struct site *s = udata;
     unsigned int cpu = running_vcpu(vcpu);
     uint64_t t = insn_count - s->after;
+    if (hyp_vector_kva && !hyp_moved && !hyp_given_up) {
+        relocate_hyp(cpu, t);
+    }
     char buf[MAX_CAPTURES * (MAX_NAME + 20) + 160];
     size_t len = (size_t)snprintf(buf, sizeof(buf),
                                   "TKP %u %" PRIx64 " %" PRIu64 "\nTKV %u %" PRIx64 " %" PRIu64,
@@ -557,10 +598,19 @@ static void on_block(unsigned int vcpu, void *udata)
 }
 #endif
 
+#if TK_PLUGIN_API == 4
+static void remember_early_block(struct qemu_plugin_tb *tb, size_t n);
+#endif
+
 static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
     (void)id;
     size_t n = qemu_plugin_tb_n_insns(tb);
+#if TK_PLUGIN_API == 4
+    if (hyp_vector_kva && !hyp_moved && n) {
+        remember_early_block(tb, n);
+    }
+#endif
 #if TK_PLUGIN_API == 1
     qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &insn_count, n);
 #else
@@ -642,6 +692,9 @@ static int load_probes(const char *path);
 static void on_flush(qemu_plugin_id_t id)
 {
     (void)id;
+#if TK_PLUGIN_API == 4
+    n_early_blocks = 0; /* those translations are gone: none can hide a probe now */
+#endif
     if (probes_path) {
         load_probes(probes_path);
     }
@@ -664,6 +717,79 @@ static bool push_pc(uint64_t **list, size_t *n, size_t *cap, uint64_t pc)
 }
 
 #if TK_PLUGIN_API == 4
+/* While the hyp probes wait for their EL2 addresses: a block at a VA below 2^48 was
+ * translated (a block ends at the last instruction's end; none crosses a page). */
+static void remember_early_block(struct qemu_plugin_tb *tb, size_t n)
+{
+    struct qemu_plugin_insn *last = qemu_plugin_tb_get_insn(tb, n - 1);
+    uint64_t start = qemu_plugin_insn_vaddr(qemu_plugin_tb_get_insn(tb, 0));
+    if (start >> 48) {
+        return;
+    }
+    if (n_early_blocks == cap_early_blocks) {
+        size_t grown_cap = cap_early_blocks ? cap_early_blocks * 2 : 256;
+        struct range *grown = realloc(early_blocks, grown_cap * sizeof(*grown));
+        if (!grown) {
+            hyp_given_up = true; /* cannot prove the move safe: say so (TKH bad) */
+            return;
+        }
+        early_blocks = grown;
+        cap_early_blocks = grown_cap;
+    }
+    early_blocks[n_early_blocks].start = start;
+    early_blocks[n_early_blocks].end =
+        qemu_plugin_insn_vaddr(last) + qemu_plugin_insn_size(last);
+    n_early_blocks++;
+}
+
+static int slot_cpsr = -1, slot_hcr = -1, slot_vbar = -1;
+
+/* In the host (EL1, HCR_EL2.VM clear: not a guest), with KVM's vectors installed,
+ * VBAR_EL2 is the EL2 address of the host vector: move the "k" probes by the delta
+ * (the computation record/hyp.py makes at a debugger stop). */
+static void relocate_hyp(unsigned int cpu, uint64_t t)
+{
+    uint64_t cpsr, hcr, vbar;
+    if (!read_reg(cpu, slot_cpsr, &cpsr) || !read_reg(cpu, slot_hcr, &hcr) ||
+        !read_reg(cpu, slot_vbar, &vbar)) {
+        return; /* "?r": the recorder finds no TKH line and refuses */
+    }
+    if (((cpsr >> 2) & 3) != 1 || (hcr & 1)) {
+        return; /* a guest, or EL2 itself: not where VBAR_EL2 names the host vector */
+    }
+    char buf[128];
+    if (hyp_given_up || vbar == 0 || (vbar & 0xfff) != (hyp_vector_kva & 0xfff) ||
+        (vbar >> 48)) {
+        hyp_given_up = true;
+        snprintf(buf, sizeof(buf), "TKH %u %" PRIu64 " %" PRIx64 " bad\n", cpu, t, vbar);
+        qemu_plugin_outs(buf);
+        return;
+    }
+    hyp_delta = vbar - hyp_vector_kva;
+    size_t stale = 0, cap = n_probes;
+    for (size_t i = 0; i < n_hyp_kvas; i++) {
+        uint64_t pc = hyp_kvas[i] + hyp_delta;
+        for (size_t b = 0; b < n_early_blocks; b++) {
+            if (early_blocks[b].start <= pc && pc < early_blocks[b].end) {
+                stale++;
+                break;
+            }
+        }
+        if (!push_pc(&probes, &n_probes, &cap, pc)) {
+            hyp_given_up = true;
+            return;
+        }
+    }
+    qsort(probes, n_probes, sizeof(*probes), cmp_u64);
+    hyp_moved = true;
+    free(early_blocks);
+    early_blocks = NULL;
+    n_early_blocks = cap_early_blocks = 0;
+    snprintf(buf, sizeof(buf), "TKH %u %" PRIu64 " %" PRIx64 " %" PRIx64 " %zu\n", cpu, t,
+             vbar, hyp_delta, stale);
+    qemu_plugin_outs(buf);
+}
+
 /* The slot of a register name, interned on first use; -1 when the table is full. */
 static int reg_slot(const char *name)
 {
@@ -735,6 +861,10 @@ static int load_probes(const char *path)
     captures = NULL;
     n_captures = 0;
     size_t cap_captures = 0;
+    free(hyp_kvas);
+    hyp_kvas = NULL;
+    n_hyp_kvas = 0;
+    size_t cap_hyp = 0;
 #endif
     FILE *f = fopen(path, "r");
     if (!f) {
@@ -760,6 +890,22 @@ static int load_probes(const char *path)
                 cap_captures = grown_cap;
             }
             captures[n_captures++] = c;
+#endif
+            continue;
+        }
+        if ((line[0] == 'h' || line[0] == 'k') && line[1] == ' ') {
+#if TK_PLUGIN_API == 4
+            char *end;
+            uint64_t kva = strtoull(line + 2, &end, 16);
+            if (end == line + 2) {
+                continue;
+            }
+            if (line[0] == 'h') {
+                hyp_vector_kva = kva;
+            } else if (!push_pc(&hyp_kvas, &n_hyp_kvas, &cap_hyp, kva) ||
+                       (hyp_moved && !push_pc(&probes, &n_probes, &cap_probes, kva + hyp_delta))) {
+                break;
+            }
 #endif
             continue;
         }
@@ -806,6 +952,9 @@ EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int
         }
     }
 #if TK_PLUGIN_API == 4
+    slot_cpsr = reg_slot("cpsr");
+    slot_hcr = reg_slot("HCR_EL2");
+    slot_vbar = reg_slot("VBAR_EL2");
     scratch = g_byte_array_new();
     qemu_plugin_register_vcpu_init_cb(id, on_vcpu_init);
 #endif
