@@ -1,5 +1,8 @@
-"""``record --plugin-values`` on QEMU 10.0 (plugin API 4): the TCG plugin reads the
-probes' values itself, so a recording needs no debugger stop for them (issue #14).
+"""QEMU 10.0 (plugin API 4): the TCG plugin reads the probes' values itself, and places
+the nVHE hyp probes itself, so a recording makes no debugger stop at all; that is
+``record``'s default there (issue #14). GDB stays the reference: ``--read-values`` checks
+every plugin-read value against its reads, and ``--no-plugin-values`` records with GDB
+stops as on QEMU 7.2. Kernels 6.1 and 6.12, VHE and nVHE.
 
 The QEMU is the host's own when it speaks plugin API 4 (Debian 13), else
 ``$TRACEKIT_QEMU10``, else the one ``guest build --newer-qemu`` (``make test``'s set-up)
@@ -47,9 +50,10 @@ def qemu10() -> str:
 
 
 def _record(out: Path, *extra: str) -> dict[str, Any]:
+    """``record`` on QEMU 10 with no value-mode flag unless ``extra`` has one: the
+    default is what is tested."""
     proc = run_tracekit(
-        "record", "--scenario", "mixed", "--count", "20", "--plugin-values", "--json",
-        "-o", str(out), *extra,
+        "record", "--scenario", "mixed", "--count", "20", "--json", "-o", str(out), *extra,
         timeout=1200,
         env={"TRACEKIT_QEMU": qemu10()},
     )  # fmt: skip
@@ -64,6 +68,8 @@ def _assert_chains_equal_ground_truth(summary: dict[str, Any]) -> None:
         c = summary["classes"][cls]
         assert c["complete_chains"] == c["ground_truth"] > 0, (cls, c)
         assert c["partial_chains"] == 0, (cls, c)
+        assert c["source_matches"] == c["complete_chains"], (cls, c)
+    assert "unknown" not in summary["classes"]
     assert summary["phases_seen"] == ["A", "B", "C", "D", "E", "F"]
 
 
@@ -101,6 +107,28 @@ def test_chains_equal_ground_truth_without_a_debugger_stop(plugin_only: dict[str
     # The values the stops read are there: every queue names its INTID and target.
     assert merge["per_probe"]["vgic_queue_irq_unlock"] > 0
     assert meta["plugin_values"] is True
+
+
+@pytest.mark.parametrize("mode", ["vhe", "nvhe"])
+def test_612_without_a_debugger_stop(tmp_path: Path, guest_assets: object, mode: str) -> None:
+    """Linux 6.12 (its own probe set; in nVHE its EL2 VAs are 52 bits wide under QEMU
+    10's -cpu max, which the plugin's checks allow)."""
+    rec = _record(tmp_path / f"{mode}.pftrace", "--kernel", "6.12", "--kvm-mode", mode)
+    _assert_chains_equal_ground_truth(rec["summary"])
+    assert rec["summary"]["kernel"].startswith("6.12")
+    assert rec["meta"]["probe_set"] == "linux-6.12" and rec["meta"]["plugin_values"] is True
+    assert rec["meta"]["stops"] == 0 and rec["meta"]["merge"]["debug_stops"] == 0
+
+
+def test_gdb_stops_on_request(tmp_path: Path, guest_assets: object) -> None:
+    """--no-plugin-values on QEMU 10: values read at GDB stops and inferred, as on 7.2
+    (the inference rules hold under QEMU 10's -cpu max too)."""
+    rec = _record(tmp_path / "gdb.pftrace", "--no-plugin-values")
+    _assert_chains_equal_ground_truth(rec["summary"])
+    meta = rec["meta"]
+    assert meta["plugin_values"] is False and meta["stops"] > 0
+    assert meta["merge"]["plugin_values_used"] == 0
+    assert meta["merge"]["exceptions_unpaired"] == 0
 
 
 def test_every_plugin_value_agrees_with_gdb(checked: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,9 @@ def record(
     merge_meta = result.meta.get("merge", {})
     summary["inference"] = merge_meta.get("inference", {})
     summary["stops"] = result.meta.get("stops")
+    # tracekit's own peak memory (not QEMU's), recording and export together: a long
+    # recording must stay bounded (issue 14; Linux reports KiB).
+    summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if plugin_values:
         summary["plugin_values"] = {
             k: merge_meta.get(k)

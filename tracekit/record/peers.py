@@ -186,6 +186,10 @@ class StampStream(Protocol):
         """(Re)write the plugin's probe file; it re-reads it at the next translation-cache
         flush (a breakpoint insert does one)."""
 
+    def written(self) -> int:
+        """How much the plugin and QEMU have logged so far (bytes): the run's progress
+        when no debugger stop shows it (plugin-read values)."""
+
 
 class PeerFactory(Protocol):
     """Makes the peers of one recording (the real QEMU/GDB ones, or fakes)."""

@@ -148,6 +148,7 @@ class Recorder:
                 facts,
                 raw_dir=self.raw_dir,
                 gdb=self.tools.gdb,
+                stamps=stamps,
                 stop_requested=lambda: self._stop_requested,
                 on_update=self.on_update,
             )

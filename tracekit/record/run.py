@@ -15,7 +15,7 @@ from tracekit.record.console import ConsoleWatcher, Said
 from tracekit.record.faults import diagnose_stall, raise_vm_exited
 from tracekit.record.metadata import RunFacts
 from tracekit.record.options import LiveStats, RecordOptions
-from tracekit.record.peers import Debugger, Monitor, Vm
+from tracekit.record.peers import Debugger, Monitor, StampStream, Vm
 from tracekit.record.stops import StopHandler
 
 __all__ = ["RunLoop"]
@@ -37,6 +37,7 @@ class RunLoop:
         *,
         raw_dir: Path,
         gdb: str,
+        stamps: StampStream,
         stop_requested: Callable[[], bool],
         on_update: Callable[[LiveStats], None],
     ) -> None:
@@ -45,6 +46,7 @@ class RunLoop:
         self._facts = facts
         self._raw_dir = raw_dir
         self._gdb = gdb
+        self._stamps = stamps
         self._stop_requested = stop_requested
         self._on_update = on_update
 
@@ -60,6 +62,7 @@ class RunLoop:
         deadlines = _Deadlines(time.monotonic() + profile.boot_timeout_s)
         last_progress = time.monotonic()
         last_update = 0.0
+        logged = self._stamps.written()
         while True:
             batch_start = time.monotonic()
             try:
@@ -111,6 +114,10 @@ class RunLoop:
                 return None, "duration" if self._opts.duration_s else "timeout"
             if deadlines.done is not None and now > deadlines.done:
                 return console.truth, "ground-truth"
+            # With no debugger stop (plugin-read values) and a quiet console, the plugin's
+            # stamps are what shows the guest is running (one stat() per loop).
+            if (written := self._stamps.written()) != logged:
+                logged, last_progress = written, now
             # Boot is quiet (the kernel runs with `quiet`) and bounded by boot_timeout_s;
             # the stall watchdog covers the scenario.
             stalled = now - last_progress > self._opts.stall_timeout_s

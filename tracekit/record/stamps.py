@@ -73,3 +73,9 @@ class PluginStamps:
 
     def set_probes(self, text: str) -> None:
         self.probe_file.write_text(text)
+
+    def written(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except FileNotFoundError:
+            return 0

@@ -203,8 +203,8 @@ static struct capture *captures; /* sorted by pc, file order within a pc */
  * debugger stop the recorder otherwise makes to read VBAR_EL2 (record/hyp.py).
  *
  * A block translated before the move keeps no stamp for a probe inside it: while the move
- * is pending, blocks at VAs below 2^48 (EL2's single nVHE range; also L1 user space) are
- * remembered, and at the move every probe PC is checked against them. QEMU offers a
+ * is pending, blocks in the lower VA range (bit 55 clear: EL2's single nVHE range, 48 or
+ * 52 bits wide; also L1 user space) are remembered, and at the move every probe PC is checked against them. QEMU offers a
  * flush to plugins only through qemu_plugin_reset, which in 10.0 left its lock taken
  * (QEMU issue 2901, fixed after 10.0.0), so a stale probe is reported (TKH's <stale>)
  * and the recording refused, never silently missed. */
@@ -717,14 +717,14 @@ static bool push_pc(uint64_t **list, size_t *n, size_t *cap, uint64_t pc)
 }
 
 #if TK_PLUGIN_API == 4
-/* While the hyp probes wait for their EL2 addresses: a block at a VA below 2^48 was
+/* While the hyp probes wait for their EL2 addresses: a block in the lower VA range was
  * translated (a block ends at the last instruction's end; none crosses a page). */
 static void remember_early_block(struct qemu_plugin_tb *tb, size_t n)
 {
     struct qemu_plugin_insn *last = qemu_plugin_tb_get_insn(tb, n - 1);
     uint64_t start = qemu_plugin_insn_vaddr(qemu_plugin_tb_get_insn(tb, 0));
-    if (start >> 48) {
-        return;
+    if ((start >> 55) & 1) {
+        return; /* the upper range: the kernel's own (TTBR1) addresses, never hyp code */
     }
     if (n_early_blocks == cap_early_blocks) {
         size_t grown_cap = cap_early_blocks ? cap_early_blocks * 2 : 256;
@@ -758,8 +758,9 @@ static void relocate_hyp(unsigned int cpu, uint64_t t)
         return; /* a guest, or EL2 itself: not where VBAR_EL2 names the host vector */
     }
     char buf[128];
+    /* nVHE EL2 has one (lower) VA range: 48 bits, or 52 with LPA2 (6.12 on QEMU 10). */
     if (hyp_given_up || vbar == 0 || (vbar & 0xfff) != (hyp_vector_kva & 0xfff) ||
-        (vbar >> 48)) {
+        ((vbar >> 55) & 1)) {
         hyp_given_up = true;
         snprintf(buf, sizeof(buf), "TKH %u %" PRIu64 " %" PRIx64 " bad\n", cpu, t, vbar);
         qemu_plugin_outs(buf);
