@@ -48,8 +48,14 @@ def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeS
                 continue  # a line torn by a crash
     stats = MergeStats()
     log_path = raw_dir / "qemu.log"
-    lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
-    events = merge(hits, lines, probes, stats, str(meta.get("kvm_mode", "vhe")))
+    kvm_mode = str(meta.get("kvm_mode", "vhe"))
+    if log_path.exists():
+        # Streamed: a long recording's log is hundreds of MB (issue 14's 2000-count run:
+        # 55 MB, ~1.2 M lines, which as a list of strings alone doubled the peak RSS).
+        with log_path.open(errors="replace") as log:
+            events = merge(hits, log, probes, stats, kvm_mode)
+    else:
+        events = merge(hits, [], probes, stats, kvm_mode)
     irq_code = meta.get("irq_exit_code")
     inferred = infer_values(
         events, rules, irq_exit_code=int(irq_code) if irq_code is not None else None
