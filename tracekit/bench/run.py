@@ -21,6 +21,7 @@ from tracekit.config import MachineProfile, ToolPaths, load_scenarios
 from tracekit.errors import TracekitError
 from tracekit.guest.assets import GuestAssets
 from tracekit.guest.runner import ScenarioRequest, run_scenario
+from tracekit.model.meta import MergeReport
 from tracekit.record.options import RecordOptions
 from tracekit.record.recorder import Recorder
 
@@ -95,11 +96,15 @@ def run_bench(
     if rec.ground_truth is None or rec.incomplete_reason:
         raise TracekitError(f"the traced run did not complete: {rec.incomplete_reason}")
     meta = rec.meta
-    traced_window = float(meta["ground_truth_s"]) - float(meta["l1_ready_s"])
+    merged = meta.merge or MergeReport()
+    # A run that reached its ground truth learnt these (record/metadata.py RunFacts).
+    truth_s, ready_s, stops = meta.ground_truth_s, meta.l1_ready_s, meta.stops_at_ground_truth
+    if truth_s is None or ready_s is None or stops is None:
+        raise TracekitError("the traced run reached its ground truth but did not time it")
+    traced_window = truth_s - ready_s
     events = len(rec.events)
-    stops = int(meta["stops_at_ground_truth"])
-    debug_stops = int(meta["merge"].get("debug_stops", 0))
-    paused_s = float(meta["merge"].get("debug_paused_s", 0.0))
+    debug_stops = merged.debug_stops
+    paused_s = float(merged.debug_paused_s)
     interrupts = sum(rec.ground_truth.per_class().values())
     results.update(
         {
@@ -119,12 +124,12 @@ def run_bench(
             "host_ms_per_stop_after": round(
                 ((traced_window - plain.wall_scenario_s) - paused_s) * 1000 / max(stops, 1), 3
             ),
-            "mi_roundtrip_ms": meta["mi_roundtrip_ms"],
+            "mi_roundtrip_ms": meta.mi_roundtrip_ms,
             "guest_dilation": round(rec.ground_truth.l1_ns / max(plain.ground_truth.l1_ns, 1), 3),
             "export_events_per_s": round(ex["events"] / ex["export_s"]),
             "export_ratio_vs_raw": round(ex["export_s"] / ex["serialize_s"], 2),
             "export_peak_rss_mb": round(ex["peak_rss_mb"], 1),
-            "ready_s": meta["ready_s"],
+            "ready_s": meta.ready_s,
             "detail": {
                 "traced_scenario_wall_s": round(traced_window, 3),
                 "untraced_scenario_wall_s": round(plain.wall_scenario_s, 3),

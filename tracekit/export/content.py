@@ -22,6 +22,7 @@ from tracekit.export.layout import TrackLayout
 from tracekit.export.wire import TYPE_INSTANT
 from tracekit.model.chains import Chain, Entry, Exit
 from tracekit.model.events import RawEvent
+from tracekit.model.meta import RecordingMeta
 from tracekit.model.table import ChainRow, ExitRow, meta_args
 from tracekit.probes.spec import ExitDecoder
 
@@ -47,7 +48,7 @@ class Exporter(TrackLayout):
     """Packet content of every track, and release of the buffered tracks."""
 
     def __init__(
-        self, out: IO[bytes], decoder: ExitDecoder, meta: Mapping[str, Any], kvm_mode: str
+        self, out: IO[bytes], decoder: ExitDecoder, meta: RecordingMeta, kvm_mode: str
     ) -> None:
         super().__init__(out)
         self.instant_rests = self.enc.instant_rests
@@ -70,16 +71,16 @@ class Exporter(TrackLayout):
         self.d_titles: dict[tuple[int | None, int | None], str] = {}
 
     def meta_instant(self, t0: int) -> None:
-        meta, gt = self.meta, self.meta.get("ground_truth")
+        meta, gt = self.meta, self.meta.ground_truth
         args = {
             **meta_args(meta),
-            "scenario": meta.get("scenario"),
+            "scenario": meta.scenario,
             "kvm_mode": self.mode,
-            "kernel": meta.get("kernel_release"),
-            "qemu": meta.get("qemu_version"),
-            "timebase": meta.get("timebase"),
-            "ground_truth": json.dumps(gt.get("per_class") if isinstance(gt, dict) else None),
-            "incomplete_reason": meta.get("incomplete_reason"),
+            "kernel": meta.kernel_release,
+            "qemu": meta.qemu_version,
+            "timebase": meta.timebase,
+            "ground_truth": json.dumps(gt.per_class() if gt is not None else None),
+            "incomplete_reason": meta.incomplete_reason,
         }
         self.sink.add(self.enc.event(t0, TYPE_INSTANT, self.meta_track, "tracekit recording", args))
         self.meta_written = True

@@ -35,6 +35,7 @@ from tracekit.export.content import END_MARKER, PHASE_TITLES, Exporter
 from tracekit.model.chains import Reconstruction
 from tracekit.model.events import RawEvent
 from tracekit.model.incremental import ChainBuilder
+from tracekit.model.meta import RecordingMeta
 from tracekit.probes.spec import ExitDecoder
 
 __all__ = ["END_MARKER", "PHASE_TITLES", "export_events", "export_trace"]
@@ -47,14 +48,17 @@ def export_events(
     out: IO[bytes],
     events: Iterable[RawEvent],
     decoder: ExitDecoder,
-    meta: Mapping[str, Any],
+    meta: RecordingMeta | Mapping[str, Any],
     kvm_mode: str = "vhe",
 ) -> dict[str, int]:
     """Reconstruct and write the trace in one pass over time-sorted ``events``.
 
-    Returns packet counts (``tracks``: descriptors, ``events``: track events), the number
-    of raw events read and chain counts for the caller's report.
+    ``meta`` may also be a plain ``meta.json`` object (the benchmark's synthetic export
+    passes one). Returns packet counts (``tracks``: descriptors, ``events``: track
+    events), the number of raw events read and chain counts for the caller's report.
     """
+    if not isinstance(meta, RecordingMeta):
+        meta = RecordingMeta.from_json(dict(meta), "recording metadata")
     ex = Exporter(out, decoder, meta, kvm_mode)
     builder = ChainBuilder(decoder, kvm_mode)
     closed_exits, closed_entries, chains = (
@@ -121,7 +125,7 @@ def export_trace(
     recon: Reconstruction,
     events: Iterable[RawEvent],
     decoder: ExitDecoder,
-    meta: Mapping[str, Any],
+    meta: RecordingMeta,
 ) -> dict[str, int]:
     """Write the trace of a recording already reconstructed as ``recon``.
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from tracekit.errors import TraceFileError
 from tracekit.model.chains import Chain, Exit, Reconstruction
+from tracekit.model.meta import RecordingMeta
 from tracekit.model.vocabulary import PHASES
 
 __all__ = [
@@ -63,7 +64,8 @@ META_ARG = "tracekit.meta"
 #: slices, like ``explain``, finds a chain's slice by ``args[ROW_ARG] == CHAIN_ROW``).
 ROW_ARG = "tracekit.row"
 CHAIN_ROW, EXIT_ROW = "chain", "exit"
-#: The meta.json keys a trace keeps (what summary and explain read of the recording).
+#: The meta.json keys a trace keeps (what summary and explain read of the recording):
+#: fields of :class:`~tracekit.model.meta.RecordingMeta`.
 META_KEYS = (
     "scenario",
     "count",
@@ -319,12 +321,22 @@ class ExitRow:
 # -- the table ------------------------------------------------------------------------------
 
 
-def meta_json(meta: Mapping[str, Any]) -> str:
-    """The recording's metadata as the trace stores it."""
-    return json.dumps({k: meta.get(k) for k in META_KEYS}, sort_keys=True)
+def meta_json(meta: RecordingMeta) -> str:
+    """The recording's metadata as the trace stores it (null for a key it lacks)."""
+    written = meta.to_json()
+    return json.dumps({k: written.get(k) for k in META_KEYS}, sort_keys=True)
 
 
-def meta_args(meta: Mapping[str, Any]) -> dict[str, Any]:
+def _meta_of(text: str) -> RecordingMeta:
+    """The metadata of a trace's ``META_ARG``; a TraceFileError if it does not fit."""
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise TraceFileError(f"recording metadata is not JSON ({exc})") from None
+    return RecordingMeta.from_json(parsed, "recording metadata")
+
+
+def meta_args(meta: RecordingMeta) -> dict[str, Any]:
     """The table's part of the recording instant's annotations."""
     return {META_ARG: meta_json(meta), VERSION_ARG: SCHEMA_VERSION}
 
@@ -340,7 +352,7 @@ class ChainTable:
     recording instant; ``version`` is 0 when that instant names no table (an older
     tracekit wrote it)."""
 
-    meta: Mapping[str, Any] | None = None
+    meta: RecordingMeta | None = None
     version: int = 0
     chains: tuple[ChainRow, ...] = ()
     exits: tuple[ExitRow, ...] = ()
@@ -380,7 +392,7 @@ def _exit_key(row: ExitRow) -> tuple[Any, ...]:
 
 
 def _canonical(
-    meta: Mapping[str, Any] | None,
+    meta: RecordingMeta | None,
     version: int,
     chains: Iterable[ChainRow],
     exits: Iterable[ExitRow],
@@ -393,12 +405,12 @@ def _canonical(
     )
 
 
-def table_of(recon: Reconstruction, describe: Describe, meta: Mapping[str, Any]) -> ChainTable:
+def table_of(recon: Reconstruction, describe: Describe, meta: RecordingMeta) -> ChainTable:
     """The table a trace of ``recon`` holds, without writing or reading the trace: the
     same rows the exporter writes (it streams the same reconstruction)."""
     exits = (ExitRow.of(x, recon.kvm_mode, describe) for x in recon.exits)
     return _canonical(
-        json.loads(meta_json(meta)),  # through JSON, as a reader of the trace sees it
+        _meta_of(meta_json(meta)),  # through JSON, as a reader of the trace sees it
         SCHEMA_VERSION,
         (ChainRow.of(c) for c in recon.chains),
         (r for r in exits if r is not None),
@@ -412,17 +424,16 @@ def read_table(
     a problem per annotation that does not fit the schema (skipped, not fatal: a damaged
     trace still summarizes what is readable)."""
     problems: list[str] = []
-    meta: dict[str, Any] | None = None
+    meta: RecordingMeta | None = None
     version = 0
     for args in instants:
         if META_ARG not in args:
             continue
         try:
-            parsed = json.loads(str(args[META_ARG]))
-        except ValueError as exc:
-            problems.append(f"recording metadata is not JSON ({exc})")
-            parsed = {}
-        meta = parsed if isinstance(parsed, dict) else {}
+            meta = _meta_of(str(args[META_ARG]))
+        except TraceFileError as exc:
+            problems.append(exc.message)
+            meta = RecordingMeta(keys=())  # a tracekit trace still, its metadata unread
         v = args.get(VERSION_ARG)
         version = v if v.__class__ is int else 0
         break

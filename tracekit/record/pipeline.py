@@ -10,7 +10,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tracekit.errors import TraceFileError
 from tracekit.export.perfetto import export_trace
@@ -18,7 +17,7 @@ from tracekit.model.chains import Reconstruction
 from tracekit.model.context import infer_values
 from tracekit.model.events import RawEvent, read_events, write_events
 from tracekit.model.incremental import reconstruct
-from tracekit.probes.info import ProbeInfo
+from tracekit.model.meta import RecordingMeta
 from tracekit.probes.spec import ExitDecoder, load_probe_set
 from tracekit.record.merge import GdbHit, MergeStats, merge
 
@@ -30,13 +29,13 @@ class ExportReport:
     output: Path
     reconstruction: Reconstruction
     counts: dict[str, int]
-    meta: dict[str, Any]
+    meta: RecordingMeta
 
 
-def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeStats]:
+def remerge(raw_dir: Path, meta: RecordingMeta) -> tuple[list[RawEvent], MergeStats]:
     """Merge hits.jsonl and qemu.log again (tolerates a torn last line), then infer
     the values the probe set says follow from context (model/context.py)."""
-    probes = [ProbeInfo.from_json(p) for p in meta.get("probes", [])]
+    probes = meta.probes
     rules = {p.name: p.infer for p in probes if p.infer}
     hits: list[GdbHit] = []
     hits_path = raw_dir / "hits.jsonl"
@@ -49,11 +48,8 @@ def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeS
     stats = MergeStats()
     log_path = raw_dir / "qemu.log"
     lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
-    events = merge(hits, lines, probes, stats, str(meta.get("kvm_mode", "vhe")))
-    irq_code = meta.get("irq_exit_code")
-    inferred = infer_values(
-        events, rules, irq_exit_code=int(irq_code) if irq_code is not None else None
-    )
+    events = merge(hits, lines, probes, stats, meta.kvm_mode or "vhe")
+    inferred = infer_values(events, rules, irq_exit_code=meta.irq_exit_code)
     events = inferred.events
     stats.inference = dict(sorted(inferred.stats.items()))
     stats.disagreements = inferred.disagreements
@@ -62,7 +58,7 @@ def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeS
     return events, stats
 
 
-def load_meta(raw_dir: Path) -> dict[str, Any]:
+def load_meta(raw_dir: Path) -> RecordingMeta:
     try:
         data = json.loads((raw_dir / "meta.json").read_text())
     except FileNotFoundError:
@@ -72,9 +68,7 @@ def load_meta(raw_dir: Path) -> dict[str, Any]:
         ) from None
     except (ValueError, OSError) as exc:
         raise TraceFileError(f"{raw_dir}/meta.json is unreadable ({exc})") from None
-    if not isinstance(data, dict):
-        raise TraceFileError(f"{raw_dir}/meta.json is not an object")
-    return data
+    return RecordingMeta.from_json(data, f"{raw_dir}/meta.json")
 
 
 def export_raw(
@@ -83,7 +77,7 @@ def export_raw(
     *,
     decoder: ExitDecoder | None = None,
     events: list[RawEvent] | None = None,
-    meta: dict[str, Any] | None = None,
+    meta: RecordingMeta | None = None,
 ) -> ExportReport:
     meta = meta if meta is not None else load_meta(raw_dir)
     if events is None:
@@ -93,8 +87,8 @@ def export_raw(
                 events = list(read_events(fh))
         else:
             events, _ = remerge(raw_dir, meta)
-    dec = decoder or load_probe_set(str(meta.get("probe_set", "linux-6.1"))).decoder
-    recon = reconstruct(events, dec, str(meta.get("kvm_mode", "vhe")))
+    dec = decoder or load_probe_set(meta.probe_set or "linux-6.1").decoder
+    recon = reconstruct(events, dec, meta.kvm_mode or "vhe")
     tmp = output.with_name(output.name + ".tmp")
     try:
         with tmp.open("wb") as fh:

@@ -8,13 +8,12 @@ so that every step of a walk is a window query on one sorted track.
 from __future__ import annotations
 
 import bisect
-import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
 
 from tracekit.errors import ConfigError
+from tracekit.model.meta import RecordingMeta
 from tracekit.model.trace import Slice, TraceContent
 
 __all__ = ["PHASE_ORDER", "TraceIndex", "select_chain"]
@@ -30,7 +29,8 @@ class TraceIndex:
     """The trace's instants by CPU and kind, sorted by time, for quick window queries."""
 
     def __init__(self, content: TraceContent) -> None:
-        self.meta: dict[str, Any] = {}
+        #: The recording's metadata as the trace keeps it (model/table.py reads it).
+        self.meta = content.table.meta or RecordingMeta()
         self.probe: dict[int, list[Slice]] = defaultdict(list)
         self.gic: dict[int, list[Slice]] = defaultdict(list)
         self.guest: dict[int, list[Slice]] = defaultdict(list)
@@ -38,9 +38,7 @@ class TraceIndex:
         #: Each vCPU's exits (L1 CPU track slices, from the exit to the next entry).
         self.exits: dict[int, list[Slice]] = defaultdict(list)
         for inst in content.instants:
-            if "tracekit.meta" in inst.args:
-                self.meta = json.loads(str(inst.args["tracekit.meta"]))
-            elif m := _CPU_TRACK.match(inst.track):
+            if m := _CPU_TRACK.match(inst.track):
                 self.probe[int(m.group(1))].append(inst)
             elif m := _GIC_TRACK.match(inst.track):
                 self.gic[int(m.group(1))].append(inst)
@@ -63,9 +61,9 @@ class TraceIndex:
         for lists in (self.probe, self.gic, self.guest, self.in_guest, self.exits):
             for lst in lists.values():
                 lst.sort(key=lambda x: x.start)
-        self.locations: dict[str, str] = dict(self.meta.get("probe_locations") or {})
+        self.locations: dict[str, str] = dict(self.meta.probe_locations or {})
         #: location -> file:line (``guest build --debug-info`` before the recording).
-        self.lines: dict[str, str] = dict(self.meta.get("probe_lines") or {})
+        self.lines: dict[str, str] = dict(self.meta.probe_lines or {})
 
     def window(self, track: Sequence[Slice], start: int, end: int) -> list[Slice]:
         i = bisect.bisect_left(track, start, key=lambda x: x.start)
