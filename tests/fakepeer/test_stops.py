@@ -113,3 +113,18 @@ def test_a_second_recording_to_the_same_output_starts_clean(tmp_path: Path) -> N
     rec = record(tmp_path, complete(Hit(STOP)))
     assert len(rec.hits()) == 1
     assert rec.result.meta.merge is not None and rec.result.meta.merge.gdb_hits == 1
+
+
+def test_the_result_carries_the_probe_set_resolution_loaded(tmp_path: Path) -> None:
+    """``record`` exports with that one (no second load by name, cli/record.py)."""
+    res = kernel.resolution("vhe")
+    rec = record(tmp_path, complete(Hit(STOP)), res=res)
+    assert rec.result.probe_set is res.probe_set
+    report = export_raw(
+        rec.raw,
+        tmp_path / "t.pftrace",
+        decoder=rec.result.probe_set.decoder,
+        events=rec.result.events,
+        meta=rec.result.meta,
+    )
+    assert report.meta is rec.result.meta and report.counts["raw_events"] == len(rec.result.events)

@@ -130,3 +130,18 @@ def test_export_of_a_recording_naming_an_unknown_probe_set_says_which_exist(
     assert "unknown probe set 'linux-6.13'" in str(err.value)
     assert "linux-6.1, linux-6.12" in str(err.value)
     assert not (tmp_path / "x.pftrace").exists()
+
+
+def test_export_with_the_recordings_own_decoder_does_not_look_the_name_up(
+    tmp_path: Path,
+) -> None:
+    """``record`` passes the probe set it resolved; only ``tracekit export RAW`` loads the
+    one meta.json names."""
+    from tracekit.probes.spec import load_probe_set
+
+    meta = dataclasses.replace(load_meta(RAW / "mixed5"), probe_set="linux-6.13")
+    report = export_raw(
+        RAW / "mixed5", tmp_path / "x.pftrace", decoder=load_probe_set("linux-6.1").decoder,
+        meta=meta,
+    )  # fmt: skip
+    assert len(report.reconstruction.chains) == 35

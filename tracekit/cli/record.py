@@ -134,7 +134,6 @@ def record(
     from tracekit.model.summary import summarize_table
     from tracekit.model.table import table_of
     from tracekit.probes.select import choose_probe_set
-    from tracekit.probes.spec import load_probe_set
     from tracekit.record.options import RecordOptions
     from tracekit.record.pipeline import export_raw
     from tracekit.record.recorder import Recorder
@@ -169,7 +168,7 @@ def record(
             on_update=lambda s: live.update(render_live(s, show_console)),
         )
         result = recorder.run()
-    decoder = load_probe_set(result.meta.probe_set or chosen).decoder
+    decoder = result.probe_set.decoder  # the one the recording resolved its probes with
     report = export_raw(
         result.raw_dir, out, decoder=decoder, events=result.events, meta=result.meta
     )

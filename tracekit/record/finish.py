@@ -10,6 +10,7 @@ from pathlib import Path
 from tracekit.errors import TracekitError
 from tracekit.model.ground_truth import GroundTruth
 from tracekit.model.meta import RecordingMeta
+from tracekit.probes.spec import ProbeSet
 from tracekit.record.metadata import merge_meta
 from tracekit.record.options import RecordResult
 from tracekit.record.pipeline import remerge
@@ -33,6 +34,7 @@ def merge_recording(
     raw_dir: Path,
     meta: RecordingMeta,
     truth: GroundTruth | None,
+    probe_set: ProbeSet,
     error: TracekitError | None = None,
 ) -> RecordResult:
     events, mstats = remerge(raw_dir, meta)
@@ -47,5 +49,6 @@ def merge_recording(
     meta = dataclasses.replace(meta, merge=merge_meta(mstats), incomplete_reason=incomplete)
     (raw_dir / "meta.json").write_text(json.dumps(meta.to_json(), indent=1, default=str))
     return RecordResult(
-        output, raw_dir, events, truth, meta, mstats, str(meta.ended_by), incomplete, error
-    )
+        output, raw_dir, events, truth, meta, mstats, probe_set, str(meta.ended_by), incomplete,
+        error,
+    )  # fmt: skip

@@ -79,6 +79,10 @@ def export_raw(
     events: list[RawEvent] | None = None,
     meta: RecordingMeta | None = None,
 ) -> ExportReport:
+    """Write the trace of ``raw_dir``. ``record`` passes what it has (its probe set's
+    decoder, the merged events, the metadata); ``tracekit export RAW`` has only the raw
+    files, so the probe set is the one meta.json names (recordings before that key were
+    all linux-6.1's)."""
     meta = meta if meta is not None else load_meta(raw_dir)
     if events is None:
         ev_path = raw_dir / "events.jsonl"

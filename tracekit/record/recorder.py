@@ -174,4 +174,4 @@ class Recorder:
             incomplete=incomplete_reason(ended_by, truth, incomplete),
             ground_truth=truth,
         )
-        return merge_recording(self.opts.output, self.raw_dir, meta, truth, error)
+        return merge_recording(self.opts.output, self.raw_dir, meta, truth, res.probe_set, error)
