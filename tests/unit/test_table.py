@@ -219,3 +219,17 @@ def test_trace_metadata_of_the_wrong_shape_is_a_problem_not_a_crash() -> None:
     table, problems = read_table([{META_ARG: '{"vcpus": "two"}', VERSION_ARG: 1}], [])
     assert problems == ["recording metadata: 'vcpus' should be an integer, got 'two'"]
     assert table.meta == RecordingMeta(keys=()) and table.version == 1
+
+
+def test_a_phase_slice_is_told_by_its_titles_first_letter() -> None:
+    """The one title convention readers rely on (explain, check): among the slices that
+    name a chain, the phase slices are those titled with their letter first."""
+    from tests.unit.test_export_and_summary import build
+    from tracekit.export.perfetto import PHASE_TITLES
+    from tracekit.model.table import phase_of
+
+    assert {p: phase_of(t) for p, t in PHASE_TITLES.items()} == {p: p for p in PHASE_TITLES}
+    of_chains = [s for s in parse_trace(build()).slices if "chain" in s.args]
+    letters = [phase_of(s.name) for s in of_chains if ROW_ARG not in s.args]
+    assert None not in letters and set(letters) == set(PHASE_TITLES)
+    assert all(phase_of(s.name) is None for s in of_chains if ROW_ARG in s.args)

@@ -13,8 +13,10 @@ own with one instant per row: the annotations are what the Perfetto UI shows whe
 slice is clicked, so the table stays readable there and queryable with SQL on the slices
 a user sees; a second copy would double those bytes and add a track of thousands of
 instants to the UI; and a row is written with its slice, when the chain or exit closes,
-so the export stays streaming with nothing extra held in memory. Titles stay free to
-change: no reader looks at them.
+so the export stays streaming with nothing extra held in memory. Readers find rows by
+``tracekit.row`` (``ROW_ARG``), never by title, so titles stay free to change, with
+one exception: a phase slice carries only its chain's id, and its title starts with its
+phase's letter (:func:`phase_of`, the exporter's ``PHASE_TITLES``).
 
 A trace written before the table (no version on its recording instant) has no rows:
 :meth:`ChainTable.required` says how to re-export it.
@@ -50,7 +52,9 @@ __all__ = [
     "ExitRow",
     "meta_args",
     "meta_json",
+    "phase_of",
     "read_table",
+    "require_schema",
     "table_of",
 ]
 
@@ -359,23 +363,38 @@ class ChainTable:
 
     def required(self, source: str = "trace") -> ChainTable:
         """This table, or the one-line error that says why ``source`` has none."""
-        if self.meta is None:
-            raise TraceFileError(
-                f"{source} is a Perfetto trace but not one written by tracekit",
-                hint="pass a .pftrace from `tracekit record`",
-            )
-        if self.version == 0:
-            raise TraceFileError(
-                f"{source} was written by an older tracekit and has no chain table",
-                hint=f"re-export it with `tracekit export {_raw_dir(source)}`",
-            )
-        if self.version != SCHEMA_VERSION:
-            raise TraceFileError(
-                f"{source} has chain table version {self.version}; this tracekit reads"
-                f" version {SCHEMA_VERSION}",
-                hint=f"re-export it with `tracekit export {_raw_dir(source)}`",
-            )
+        require_schema(self.meta is not None, self.version, source)
         return self
+
+
+def require_schema(recorded: bool, version: int, source: str = "trace") -> None:
+    """The one-line error for a trace whose rows this tracekit cannot read: not written by
+    tracekit (no recording instant), written before the table (``version`` 0), or by
+    another schema (``tracekit check`` asks the trace processor for the same two facts)."""
+    if not recorded:
+        raise TraceFileError(
+            f"{source} is a Perfetto trace but not one written by tracekit",
+            hint="pass a .pftrace from `tracekit record`",
+        )
+    if version == 0:
+        raise TraceFileError(
+            f"{source} was written by an older tracekit and has no chain table",
+            hint=f"re-export it with `tracekit export {_raw_dir(source)}`",
+        )
+    if version != SCHEMA_VERSION:
+        raise TraceFileError(
+            f"{source} has chain table version {version}; this tracekit reads"
+            f" version {SCHEMA_VERSION}",
+            hint=f"re-export it with `tracekit export {_raw_dir(source)}`",
+        )
+
+
+def phase_of(title: str) -> str | None:
+    """The phase a chain's phase slice draws, from its title ("B guest exit to EL2" -> "B");
+    None for any other title. Phase slices are annotated with their chain's id only (a
+    per-phase annotation would add bytes to every one of them), so their first letter is
+    the title convention readers rely on."""
+    return title[0] if len(title) > 2 and title[1] == " " and title[0] in PHASES else None
 
 
 def _by_id(row: ChainRow) -> int:
