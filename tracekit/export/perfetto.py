@@ -36,6 +36,7 @@ from tracekit.model.chains import Reconstruction
 from tracekit.model.events import RawEvent
 from tracekit.model.incremental import ChainBuilder
 from tracekit.model.meta import RecordingMeta
+from tracekit.model.vocabulary import Role
 from tracekit.probes.spec import ExitDecoder
 
 __all__ = ["END_MARKER", "PHASE_TITLES", "export_events", "export_trace"]
@@ -68,13 +69,14 @@ def export_events(
     )
     feed, raw, running = builder.feed, ex.raw, builder.running
     add, frame, instant_rests = ex.sink.add, ex.enc.frame, ex.instant_rests
+    handle_exit = Role.HANDLE_EXIT.value  # a plain str: compared per event
     n = 0
     for ev in events:
         if not n:
             ex.meta_instant(ev.t)
         n += 1
         feed(ev)
-        if ev.source == "probe" and ev.role != "handle_exit":
+        if ev.source == "probe" and ev.role != handle_exit:
             # ``Exporter.raw``'s probe-hit path for an instant encoded before, inline:
             # this runs for most events.
             values = ev.values
