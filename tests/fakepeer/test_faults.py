@@ -41,7 +41,8 @@ def test_qemu_killed(tmp_path: Path) -> None:
     reason = failed(rec, VMError, "QEMU exited")
     assert reason == "QEMU exited (code -9) before the ground truth"
     assert len(rec.hits()) == 3  # the partial raw data is kept ...
-    assert rec.result.meta["merge"]["gdb_hits"] == 3  # ... and merged
+    assert rec.result.meta.merge is not None
+    assert rec.result.meta.merge.gdb_hits == 3  # ... and merged
     rec.assert_nothing_left()
     trace = export_raw(rec.raw, rec.result.output)  # a trace of what was seen
     assert trace.output.exists()

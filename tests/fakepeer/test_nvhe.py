@@ -40,12 +40,12 @@ def test_hyp_probes_are_relocated_once_and_stamped(tmp_path: Path) -> None:
     )
     assert rec.result.ended_by == "ground-truth" and rec.result.error is None
     meta = rec.result.meta
-    assert meta["hyp_va_delta"] == kernel.HYP_DELTA and meta["vbar_el2"] == kernel.VBAR_EL2
-    assert meta["host_el"] == 1
-    moved = {p["name"]: p for p in meta["probes"] if p["hyp"]}
+    assert meta.hyp_va_delta == kernel.HYP_DELTA and meta.vbar_el2 == kernel.VBAR_EL2
+    assert meta.host_el == 1
+    moved = {p.name: p for p in meta.probes if p.hyp}
     assert moved.keys() == hyp.keys()
     for name, p in moved.items():
-        assert p["address"] == p["break_address"] == hyp[name].address + kernel.HYP_DELTA
+        assert p.address == p.break_address == hyp[name].address + kernel.HYP_DELTA
     stamped = (rec.raw / "probes.txt").read_text().split()
     assert f"{hyp[HYP[0]].address + kernel.HYP_DELTA:x}" in stamped
     assert f"{hyp[HYP[0]].address:x}" not in stamped
@@ -55,10 +55,11 @@ def test_hyp_probes_are_relocated_once_and_stamped(tmp_path: Path) -> None:
     assert rec.machine.calls.count(flush) == 1
     assert rec.machine.calls[rec.machine.calls.index(flush) + 1].startswith("gdb.break-delete")
     # Stamped only once relocated: the first run of guest_exit_nvhe is not in the trace.
-    per_probe = meta["merge"]["per_probe"]
+    assert meta.merge is not None
+    per_probe = meta.merge.per_probe
     assert per_probe[HYP[0]] == 2 and per_probe[HYP[1]] == 1
     assert [h["world"] for h in rec.hits()] == ["l1-host", "l2-guest", "l1-hyp"]
-    assert meta["stops"] == 3 and meta["discarded_non_host"] == 2
+    assert meta.stops == 3 and meta.discarded_non_host == 2
 
 
 def test_vbar_that_is_not_the_host_vector_is_refused(tmp_path: Path) -> None:
@@ -102,7 +103,7 @@ def test_plugin_values_place_the_hyp_probes_without_a_stop(tmp_path: Path) -> No
     the recorder learns the delta from its TKH line. No breakpoint, no stop."""
     rec = _plugin_record(tmp_path)
     assert rec.result.ended_by == "ground-truth" and rec.result.error is None
-    meta = rec.result.meta
+    meta = rec.meta_file()
     assert meta["hyp_va_delta"] == kernel.HYP_DELTA and meta["vbar_el2"] == kernel.VBAR_EL2
     assert meta["plugin_values"] is True and meta["stops"] == 0
     assert not [c for c in rec.machine.calls if c.startswith("gdb.break-insert")]
@@ -138,5 +139,5 @@ def test_hyp_probes_translated_before_the_move_are_refused(tmp_path: Path) -> No
     reason = rec.result.incomplete_reason or ""
     assert reason.startswith("2 nVHE hyp probes lay in code QEMU translated before")
     assert "--no-plugin-values" in reason
-    assert rec.result.meta["hyp_va_delta"] == kernel.HYP_DELTA  # the trace is still usable
+    assert rec.result.meta.hyp_va_delta == kernel.HYP_DELTA  # the trace is still usable
     rec.assert_nothing_left()

@@ -75,9 +75,10 @@ def test_hits_are_read_classified_and_written_at_once(tmp_path: Path) -> None:
     stamped = (rec.raw / "probes.txt").read_text().split()
     assert f"{probe[TIMING].address:x}" in stamped
     meta = rec.result.meta
-    assert meta["stops"] == 3 and meta["discarded_non_host"] == 2
-    assert meta["merge"]["gdb_hits"] == 3 and meta["merge"]["per_probe"][TIMING] == 1
-    assert meta["ground_truth"]["scenario"] == "mixed"
+    assert meta.stops == 3 and meta.discarded_non_host == 2
+    assert meta.merge is not None
+    assert meta.merge.gdb_hits == 3 and meta.merge.per_probe[TIMING] == 1
+    assert meta.ground_truth is not None and meta.ground_truth.scenario == "mixed"
 
 
 def test_the_metadata_has_the_keys_of_a_real_recording(tmp_path: Path) -> None:
@@ -89,7 +90,7 @@ def test_the_metadata_has_the_keys_of_a_real_recording(tmp_path: Path) -> None:
     assert [k for k in meta if k not in ADDED] == list(reference)
     assert [k for k in meta["merge"] if k not in ADDED_MERGE] == list(reference["merge"])
     assert set(ADDED) <= set(meta) and set(ADDED_MERGE) <= set(meta["merge"])
-    assert rec.result.meta == rec.meta_file()
+    assert rec.result.meta.to_json() == rec.meta_file()
     assert rec.meta_file()["qmp_events"] == {"RESUME": 1}
     assert rec.meta_file()["l1_ready_s"] <= rec.meta_file()["ground_truth_s"]
     assert rec.meta_file()["stops_at_ground_truth"] == 1
@@ -111,4 +112,19 @@ def test_a_second_recording_to_the_same_output_starts_clean(tmp_path: Path) -> N
     record(tmp_path, complete(Hit(STOP), Hit(STOP)))
     rec = record(tmp_path, complete(Hit(STOP)))
     assert len(rec.hits()) == 1
-    assert rec.result.meta["merge"]["gdb_hits"] == 1
+    assert rec.result.meta.merge is not None and rec.result.meta.merge.gdb_hits == 1
+
+
+def test_the_result_carries_the_probe_set_resolution_loaded(tmp_path: Path) -> None:
+    """``record`` exports with that one (no second load by name, cli/record.py)."""
+    res = kernel.resolution("vhe")
+    rec = record(tmp_path, complete(Hit(STOP)), res=res)
+    assert rec.result.probe_set is res.probe_set
+    report = export_raw(
+        rec.raw,
+        tmp_path / "t.pftrace",
+        decoder=rec.result.probe_set.decoder,
+        events=rec.result.events,
+        meta=rec.result.meta,
+    )
+    assert report.meta is rec.result.meta and report.counts["raw_events"] == len(rec.result.events)

@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from tracekit.export.check import evaluate
+from tracekit.errors import TraceFileError
+from tracekit.export.check import QUERIES, evaluate
+from tracekit.model.table import SCHEMA_VERSION
 
 pytestmark = pytest.mark.unit
 
@@ -19,11 +21,11 @@ def rows(
     names = {"A": "A source: interrupt raised", "B": "B guest exit to EL2",
              "C": "C EL2 -> host kernel", "D": "D handle_exit (IRQ)",
              "E": "E inject: flush to list registers", "F": "F guest entry"}  # fmt: skip
-    slices = [{"id": 100, "ts": 0, "dur": 900, "name": "INTID 40 -> vCPU1 #7", "chain": 7,
-               "cls": "virtual", "complete": 1}]  # fmt: skip
+    slices = [{"id": 100, "ts": 0, "dur": 900, "name": "INTID 40 -> vCPU1 #7", "row": "chain",
+               "chain": 7, "cls": "virtual", "complete": 1}]  # fmt: skip
     slices += [
-        {"id": i, "ts": 10 * i, "dur": 5, "name": names[p], "chain": 7, "cls": None,
-         "complete": None}
+        {"id": i, "ts": 10 * i, "dur": 5, "name": names[p], "row": None, "chain": 7,
+         "cls": None, "complete": None}
         for i, p in enumerate(order, start=1)
     ]  # fmt: skip
     flows = [
@@ -33,7 +35,8 @@ def rows(
     if ack:
         flows.append({"slice_out": len(order), "slice_in": 200, "in_ts": 10 * len(order) + 5,
                       "in_name": "L2 acknowledges INTID 40"})  # fmt: skip
-    base = {"stats": [], "open_slices": [], "chain_slices": slices, "flows": flows}
+    base = {"recording": [{"version": SCHEMA_VERSION}], "stats": [], "open_slices": [],
+            "chain_slices": slices, "flows": flows}  # fmt: skip
     return base | {"end": [{"chains": 1}]} | extra
 
 
@@ -86,3 +89,35 @@ def test_a_trace_cut_short_fails() -> None:
     assert failed(rows(end=[{"chains": 2}])) == [
         "the trace is whole (its end marker counts every chain)"
     ]
+
+
+def test_a_chain_is_its_row_not_its_title() -> None:
+    r = rows()
+    r["chain_slices"][0]["name"] = "any title"  # titles may change: the row tells
+    assert failed(r) == []
+    r["chain_slices"][0]["row"] = None  # no row: no chain, so the end marker's 1 is wrong
+    assert failed(r) == ["the trace is whole (its end marker counts every chain)"]
+
+
+@pytest.mark.parametrize(
+    ("recording", "says"),
+    [
+        ([{"version": None}], "was written by an older tracekit and has no chain table; "
+         "re-export it with `tracekit export out/x.raw`"),
+        ([], "is a Perfetto trace but not one written by tracekit"),
+    ],
+    ids=["before the table", "another tool's"],
+)  # fmt: skip
+def test_a_trace_without_the_table_is_one_line_saying_what_to_do(
+    recording: list[dict[str, Any]], says: str
+) -> None:
+    with pytest.raises(TraceFileError) as err:
+        evaluate(rows(recording=recording), "out/x.pftrace")
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_queries_name_the_tables_annotations_as_the_trace_processor_does() -> None:
+    """Its args table writes "tracekit.row" as debug.tracekit_row (Perfetto v56; the real
+    binary runs these on every trace the suite writes)."""
+    assert "'debug.tracekit_row'" in QUERIES["chain_slices"]
+    assert "'debug.tracekit_table'" in QUERIES["recording"]

@@ -18,6 +18,7 @@ from tracekit.export.perfetto import export_trace
 from tracekit.export.reader import ParsedTrace, Placement, TrackInfo, parse_trace
 from tracekit.model.events import read_events
 from tracekit.model.incremental import reconstruct
+from tracekit.model.meta import RecordingMeta
 from tracekit.model.summary import summarize
 from tracekit.model.table import ROW_ARG, VERSION_ARG
 from tracekit.model.trace import Slice
@@ -38,7 +39,7 @@ DIFF_LINES = 80
 def build() -> bytes:
     with (RAW / "events.jsonl").open() as fh:
         events = list(read_events(fh))
-    meta = json.loads((RAW / "meta.json").read_text())
+    meta = RecordingMeta.from_json(json.loads((RAW / "meta.json").read_text()), "meta.json")
     decoder = load_probe_set().decoder
     recon = reconstruct(events, decoder, "vhe")
     buf = io.BytesIO()

@@ -163,17 +163,18 @@ def test_a_host_decision_that_differs_from_gdbs_is_a_disagreement() -> None:
 def test_record_fails_naming_the_first_disagreement() -> None:
     from tracekit.cli.record import _check_plugin_values
     from tracekit.errors import GroundTruthError
+    from tracekit.model.meta import MergeReport
 
-    agreeing = {"plugin_checks": {"intid.agreed": 3, "@host.agreed": 3}}
+    agreeing = MergeReport(plugin_checks={"intid.agreed": 3, "@host.agreed": 3})
     _check_plugin_values(agreeing, read_values=True)
-    disagreeing = {
-        "plugin_checks": {"intid.agreed": 2, "intid.disagreed": 1},
-        "plugin_disagreements": [["q", "intid", 27, 28, 500]],
-    }
+    disagreeing = MergeReport(
+        plugin_checks={"intid.agreed": 2, "intid.disagreed": 1},
+        plugin_disagreements=(("q", "intid", 27, 28, 500),),
+    )
     with pytest.raises(GroundTruthError, match=r"intid.disagreed.*first: .*'q', 'intid', 27, 28"):
         _check_plugin_values(disagreeing, read_values=True)
     with pytest.raises(GroundTruthError, match="2 probe timings came without"):
-        _check_plugin_values({"plugin_values_missing": 2}, read_values=False)
+        _check_plugin_values(MergeReport(plugin_values_missing=2), read_values=False)
 
 
 def test_an_interrupt_nested_between_a_stop_and_its_stamp_keeps_each_hit_with_its_stamp() -> None:

@@ -22,6 +22,7 @@ from tracekit.export.perfetto import export_trace
 from tracekit.export.reader import parse_trace
 from tracekit.model.events import RawEvent, read_events
 from tracekit.model.incremental import reconstruct
+from tracekit.model.meta import RecordingMeta
 from tracekit.model.summary import summarize
 from tracekit.probes.spec import load_probe_set
 
@@ -131,18 +132,21 @@ def test_an_exit_to_userspace_is_not_ended_by_another_vcpus_flush() -> None:
     assert (mmio.handle_exit_t, mmio.d_end, mmio.d_cpu, mmio.cpu_taken_t) == (1300, 5000, 1, 2000)
 
 
-def _recorded() -> tuple[list[RawEvent], dict[str, object]]:
+def _recorded() -> tuple[list[RawEvent], RecordingMeta]:
     with gzip.open(RECORDED / "events.jsonl.gz", "rt") as fh:
         events = list(read_events(fh))
-    return events, json.loads((RECORDED / "meta.json").read_text())
+    return events, RecordingMeta.from_json(
+        json.loads((RECORDED / "meta.json").read_text()), "meta.json"
+    )
 
 
 def test_recorded_halt_and_wake_on_another_cpu_matches_the_ground_truth() -> None:
     """CI, kernel 6.12 on QEMU 7.2: vCPU1 halted in WFI on CPU1 and woke on CPU0 while
     vCPU0's MMIO exit was still with the VMM; that hardware chain had no D."""
     events, meta = _recorded()
-    decoder = load_probe_set(str(meta["probe_set"])).decoder
-    recon = reconstruct(events, decoder, str(meta["kvm_mode"]))
+    assert meta.probe_set is not None and meta.kvm_mode is not None
+    decoder = load_probe_set(meta.probe_set).decoder
+    recon = reconstruct(events, decoder, meta.kvm_mode)
     buf = io.BytesIO()
     export_trace(buf, recon, events, decoder, meta)
     content = parse_trace(buf.getvalue())

@@ -10,9 +10,12 @@ import pytest
 from tracekit.errors import TraceFileError
 from tracekit.export.reader import parse_trace
 from tracekit.model.chains import Ack, Chain, Exit, Reconstruction, Span
+from tracekit.model.ground_truth import GroundTruth, InterruptCount
+from tracekit.model.meta import RecordingMeta
 from tracekit.model.summary import summarize_table
 from tracekit.model.table import (
     META_ARG,
+    META_KEYS,
     ROW_ARG,
     SCHEMA_VERSION,
     VERSION_ARG,
@@ -92,7 +95,7 @@ def test_a_malformed_chain_row_is_a_value_error(bad: dict[str, Any], says: str) 
 
 
 def _recording(version: int | None = SCHEMA_VERSION, **meta: Any) -> dict[str, Any]:
-    args = meta_args(meta)
+    args = meta_args(RecordingMeta(**meta))
     if version is None:
         del args[VERSION_ARG]
     else:
@@ -112,7 +115,7 @@ def test_read_table_collects_rows_sorted_and_reports_bad_ones() -> None:
     table, problems = read_table(
         [{"other": 1}, _recording(scenario="mixed")], map(_via_trace_annotations, slices)
     )
-    assert table.meta is not None and table.meta["scenario"] == "mixed"
+    assert table.meta is not None and table.meta.scenario == "mixed"
     assert table.version == SCHEMA_VERSION
     assert table.chains == (IPI, PARTIAL) and table.exits == (TRAP,)
     assert len(problems) == 2 and "chain row unreadable" in problems[0]
@@ -140,9 +143,10 @@ def test_no_table_is_one_actionable_line(instants: list[dict[str, Any]], says: s
 
 
 def test_summary_from_rows_alone() -> None:
-    gt = {"per_class": {"ipi": 1, "hardware": 1}, "interrupts": []}
+    sent = (InterruptCount("ipi", 1, 1, "sgi", 1, 1), InterruptCount("hardware", 27, 0, "t", 1, 1))
+    gt = GroundTruth("s", 2, 1, True, (), sent, (), 0, 0, {})
     table = ChainTable(
-        json.loads(json.dumps({"scenario": "s", "kvm_mode": "nvhe", "ground_truth": gt})),
+        RecordingMeta(scenario="s", kvm_mode="nvhe", ground_truth=gt),
         SCHEMA_VERSION,
         (IPI, PARTIAL),
         (TRAP, IRQ, TRAP),
@@ -179,7 +183,7 @@ def test_table_of_a_reconstruction_is_what_the_exporter_writes() -> None:
 
     with (RAW / "events.jsonl").open() as fh:
         events = list(read_events(fh))
-    meta = json.loads((RAW / "meta.json").read_text())
+    meta = RecordingMeta.from_json(json.loads((RAW / "meta.json").read_text()), "meta.json")
     decoder = load_probe_set().decoder
     recon = reconstruct(events, decoder, "vhe")
     written = parse_trace(build()).table
@@ -189,7 +193,43 @@ def test_table_of_a_reconstruction_is_what_the_exporter_writes() -> None:
 
 def test_table_of_skips_exits_the_trace_does_not_draw() -> None:
     recon = Reconstruction([_chain(2, 100), _chain(1, 0)], [Exit(0, 0)], [], [], "vhe")
-    table = table_of(recon, lambda c, e: ("?", "", ""), {"scenario": "x", "extra": 1})
+    meta = RecordingMeta.from_json({"scenario": "x", "extra": 1}, "meta.json")
+    table = table_of(recon, lambda c, e: ("?", "", ""), meta)
     assert [r.id for r in table.chains] == [1, 2] and table.exits == ()
-    assert table.meta is not None and table.meta["scenario"] == "x" and "extra" not in table.meta
-    assert json.loads(meta_args({"scenario": "x"})[META_ARG])["scenario"] == "x"
+    assert table.meta is not None and table.meta.scenario == "x" and table.meta.extra == {}
+    assert json.loads(meta_args(meta)[META_ARG])["scenario"] == "x"
+
+
+def test_a_trace_keeps_its_meta_keys_of_the_recording_and_reads_them_typed() -> None:
+    """The trace's metadata is ``META_KEYS`` of meta.json (null where it had none); read
+    back, those are the RecordingMeta's fields and the rest keep their defaults."""
+    from tests.unit.test_export_and_summary import RAW
+
+    meta = RecordingMeta.from_json(json.loads((RAW / "meta.json").read_text()), "meta.json")
+    stored = json.loads(meta_args(meta)[META_ARG])
+    assert sorted(stored) == sorted(META_KEYS)
+    assert {k: stored[k] for k in META_KEYS} == {k: meta.to_json().get(k) for k in META_KEYS}
+    table, problems = read_table([meta_args(meta)], [])
+    assert problems == [] and table.meta is not None
+    assert table.meta.ground_truth == meta.ground_truth and table.meta.probes == ()
+    assert table.meta.probe_locations == meta.probe_locations
+
+
+def test_trace_metadata_of_the_wrong_shape_is_a_problem_not_a_crash() -> None:
+    table, problems = read_table([{META_ARG: '{"vcpus": "two"}', VERSION_ARG: 1}], [])
+    assert problems == ["recording metadata: 'vcpus' should be an integer, got 'two'"]
+    assert table.meta == RecordingMeta(keys=()) and table.version == 1
+
+
+def test_a_phase_slice_is_told_by_its_titles_first_letter() -> None:
+    """The one title convention readers rely on (explain, check): among the slices that
+    name a chain, the phase slices are those titled with their letter first."""
+    from tests.unit.test_export_and_summary import build
+    from tracekit.export.perfetto import PHASE_TITLES
+    from tracekit.model.table import phase_of
+
+    assert {p: phase_of(t) for p, t in PHASE_TITLES.items()} == {p: p for p in PHASE_TITLES}
+    of_chains = [s for s in parse_trace(build()).slices if "chain" in s.args]
+    letters = [phase_of(s.name) for s in of_chains if ROW_ARG not in s.args]
+    assert None not in letters and set(letters) == set(PHASE_TITLES)
+    assert all(phase_of(s.name) is None for s in of_chains if ROW_ARG in s.args)

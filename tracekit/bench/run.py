@@ -23,6 +23,7 @@ from tracekit.config import MachineProfile, ToolPaths, load_scenarios
 from tracekit.errors import TracekitError
 from tracekit.guest.assets import GuestAssets
 from tracekit.guest.runner import ScenarioRequest, run_scenario
+from tracekit.model.meta import MergeReport
 from tracekit.record.options import RecordOptions
 from tracekit.record.recorder import Recorder
 
@@ -174,16 +175,20 @@ def _measure(
             f"the traced run on {under_test.qemu} did not complete: {rec.incomplete_reason}"
         )
     meta = rec.meta
-    traced_window = float(meta["ground_truth_s"]) - float(meta["l1_ready_s"])
+    merged = meta.merge or MergeReport()
+    # A run that reached its ground truth learnt these (record/metadata.py RunFacts).
+    truth_s, ready_s, stops = meta.ground_truth_s, meta.l1_ready_s, meta.stops_at_ground_truth
+    if truth_s is None or ready_s is None or stops is None:
+        raise TracekitError("the traced run reached its ground truth but did not time it")
+    traced_window = truth_s - ready_s
     untraced = plain.wall_scenario_s
     events = len(rec.events)
-    stops = int(meta["stops_at_ground_truth"])
-    debug_stops = int(meta["merge"].get("debug_stops", 0))
-    paused_s = float(meta["merge"].get("debug_paused_s", 0.0))
+    debug_stops = merged.debug_stops
+    paused_s = float(merged.debug_paused_s)
     interrupts = sum(rec.ground_truth.per_class().values())
     figures: dict[str, Any] = {
         "qemu": under_test.qemu,
-        "qemu_version": meta.get("qemu_version"),
+        "qemu_version": meta.qemu_version,
         "plugin_values": under_test.plugin_values,
         # Issue 14's two: what tracing costs the scenario, as a ratio and per interrupt.
         "traced_untraced_wall_ratio": round(traced_window / max(untraced, 1e-9), 3),
@@ -204,9 +209,9 @@ def _measure(
         "host_ms_per_stop_after": round(
             ((traced_window - untraced) - paused_s) * 1000 / max(stops, 1), 3
         ),
-        "mi_roundtrip_ms": meta["mi_roundtrip_ms"],
+        "mi_roundtrip_ms": meta.mi_roundtrip_ms,
         "guest_dilation": round(rec.ground_truth.l1_ns / max(plain.ground_truth.l1_ns, 1), 3),
-        "ready_s": meta["ready_s"],
+        "ready_s": meta.ready_s,
         "detail": {
             "traced_scenario_wall_s": round(traced_window, 3),
             "untraced_scenario_wall_s": round(untraced, 3),

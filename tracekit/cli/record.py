@@ -6,7 +6,6 @@ import json
 import resource
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console, Group
@@ -17,6 +16,7 @@ from rich.text import Text
 from tracekit.cli.options import scenario_options
 from tracekit.config import load_guest_config, load_machine, load_scenarios, load_tools
 from tracekit.errors import GroundTruthError, Interrupted, TracekitError, VMError
+from tracekit.model.meta import MergeReport
 from tracekit.record.options import LiveStats
 
 __all__ = ["record", "render_live"]
@@ -136,7 +136,6 @@ def record(
     from tracekit.model.summary import summarize_table
     from tracekit.model.table import table_of
     from tracekit.probes.select import choose_probe_set
-    from tracekit.probes.spec import load_probe_set
     from tracekit.record.options import RecordOptions
     from tracekit.record.pipeline import export_raw
     from tracekit.record.recorder import Recorder
@@ -174,7 +173,7 @@ def record(
             on_update=lambda s: live.update(render_live(s, show_console)),
         )
         result = recorder.run()
-    decoder = load_probe_set(str(result.meta.get("probe_set", chosen))).decoder
+    decoder = result.probe_set.decoder  # the one the recording resolved its probes with
     report = export_raw(
         result.raw_dir, out, decoder=decoder, events=result.events, meta=result.meta
     )
@@ -184,22 +183,19 @@ def record(
     summary = summarize_table(table_of(report.reconstruction, decoder.describe, report.meta))
     summary["output"] = str(out)
     summary["raw_dir"] = str(result.raw_dir)
-    merge_meta = result.meta.get("merge", {})
-    summary["inference"] = merge_meta.get("inference", {})
-    summary["stops"] = result.meta.get("stops")
+    merged = result.meta.merge or MergeReport()
+    summary["inference"] = dict(merged.inference)
+    summary["stops"] = result.meta.stops
     # tracekit's own peak memory (not QEMU's), recording and export together: a long
     # recording must stay bounded (issue 14; Linux reports KiB).
     summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if plugin_values:
         summary["plugin_values"] = {
-            k: merge_meta.get(k)
-            for k in (
-                "plugin_values_used",
-                "plugin_values_unreadable",
-                "plugin_values_missing",
-                "plugin_checks",
-                "plugin_disagreements",
-            )
+            "plugin_values_used": merged.plugin_values_used,
+            "plugin_values_unreadable": merged.plugin_values_unreadable,
+            "plugin_values_missing": merged.plugin_values_missing,
+            "plugin_checks": dict(merged.plugin_checks),
+            "plugin_disagreements": list(merged.plugin_disagreements),
         }
     if as_json:
         click.echo(json.dumps(summary, indent=1))
@@ -231,13 +227,13 @@ def record(
             f"{sum(disagreed.values())} disagree"
         )
     if disagreed:
-        first = merge_meta.get("disagreements", [])[:1]
+        first = merged.disagreements[:1]
         raise GroundTruthError(
             f"inferred values disagree with what was read: {disagreed}"
             + (f" (first: {first[0]})" if first else "")
         )
     if plugin_values:
-        _check_plugin_values(merge_meta, read_values)
+        _check_plugin_values(merged, read_values)
     if mismatched:
         raise GroundTruthError(
             f"chains differ from the ground truth for {', '.join(mismatched)} (see {out})"
@@ -245,31 +241,31 @@ def record(
     return 0
 
 
-def _check_plugin_values(merge_meta: dict[str, Any], read_values: bool) -> None:
+def _check_plugin_values(merged: MergeReport, read_values: bool) -> None:
     """Report the plugin-read values; fail on any disagreement with GDB, or on probe
     timings that came without the values the plugin should have written."""
     from tracekit.cli import err_console
 
-    checks: dict[str, int] = merge_meta.get("plugin_checks") or {}
-    agreed = sum(int(v) for k, v in checks.items() if k.endswith(".agreed"))
+    checks = merged.plugin_checks
+    agreed = sum(v for k, v in checks.items() if k.endswith(".agreed"))
     disagreed = {k: v for k, v in checks.items() if k.endswith(".disagreed") and v}
     if read_values:  # GDB's values are the ones kept; the plugin's are only checked
         err_console.print(
             f"plugin-read values checked against GDB reads: {agreed} agree,"
-            f" {sum(int(v) for v in disagreed.values())} disagree"
+            f" {sum(disagreed.values())} disagree"
         )
     else:
         err_console.print(
-            f"plugin-read values: {merge_meta.get('plugin_values_used', 0)} used,"
-            f" {merge_meta.get('plugin_values_unreadable', 0)} unreadable"
+            f"plugin-read values: {merged.plugin_values_used} used,"
+            f" {merged.plugin_values_unreadable} unreadable"
         )
     if disagreed:
-        first = merge_meta.get("plugin_disagreements") or []
+        first = merged.plugin_disagreements
         raise GroundTruthError(
             f"plugin-read values disagree with GDB's: {disagreed}"
             + (f" (first: probe, value, GDB, plugin, t = {first[0]})" if first else "")
         )
-    missing = merge_meta.get("plugin_values_missing")
+    missing = merged.plugin_values_missing
     if missing:
         raise GroundTruthError(
             f"{missing} probe timings came without the values the plugin should have read"

@@ -5,6 +5,10 @@
 would notice: import errors or data loss, slices left open, and whether each chain's flow
 arrows lead through its phases in order to the guest's acknowledgement. The queries run
 in :class:`TraceProcessorRunner` (the I/O); :func:`evaluate` judges their rows (pure).
+
+Chains are the slices holding a chain row of the table (``tracekit.row``,
+``model/table.py``); a trace without the table is the same one-line error as for
+``summary`` (re-export it).
 """
 
 from __future__ import annotations
@@ -18,16 +22,26 @@ from typing import Any
 
 from tracekit.errors import EnvironmentProblem, TraceFileError
 from tracekit.export.perfetto import END_MARKER
+from tracekit.model.table import CHAIN_ROW, META_ARG, ROW_ARG, VERSION_ARG, phase_of, require_schema
 
 __all__ = ["QUERIES", "TraceCheck", "TraceProcessorRunner", "evaluate", "find_trace_processor"]
 
+#: Debug annotations as the trace processor's args table names them: "debug." first, and a
+#: "." inside the name becomes "_" (tracekit.row -> debug.tracekit_row; Perfetto v56).
+_ROW, _META, _VERSION = (
+    "debug." + name.replace(".", "_") for name in (ROW_ARG, META_ARG, VERSION_ARG)
+)
 #: What the checks ask the trace processor.
 QUERIES = {
+    # The recording instant and the chain table version it names (model/table.py).
+    "recording": f"select extract_arg(arg_set_id, '{_VERSION}') as version from slice"
+    f" where extract_arg(arg_set_id, '{_META}') is not null",
     # The UI shows these as import errors (stats with severity error / data_loss).
     "stats": "select name, idx, severity, source, value from stats"
     " where value > 0 and severity in ('error', 'data_loss')",
     "open_slices": "select id, ts, name from slice where dur < 0",
     "chain_slices": "select s.id, s.ts, s.dur, s.name,"
+    f" extract_arg(s.arg_set_id, '{_ROW}') as row,"
     " extract_arg(s.arg_set_id, 'debug.chain') as chain,"
     " extract_arg(s.arg_set_id, 'debug.class') as cls,"
     " extract_arg(s.arg_set_id, 'debug.complete') as complete"
@@ -53,9 +67,8 @@ class TraceCheck:
     detail: str
 
 
-def _phase(name: str) -> str | None:
-    """A phase slice's letter ("B guest exit to EL2" -> "B"), else None."""
-    return name[0] if len(name) > 2 and name[0] in "ABCDEF" and name[1] == " " else None
+def _phase(name: object) -> str | None:
+    return phase_of(str(name))
 
 
 def _chain_problems(
@@ -65,7 +78,7 @@ def _chain_problems(
     is_target: set[int],
 ) -> list[str]:
     """Follow the flow arrows from the chain's first phase slice; what is wrong with it."""
-    phases = [s for s in slices if _phase(str(s["name"]))]
+    phases = [s for s in slices if _phase(s["name"])]
     if not phases:
         return []
     ids = {int(s["id"]) for s in phases}
@@ -86,7 +99,7 @@ def _chain_problems(
         if cur not in ids:
             return [f"chain {chain}: a flow arrow leaves the chain (to {name!r})"]
         walk.append(cur)
-    letters = [str(_phase(str(by_id[i]["name"]))) for i in walk]
+    letters = [str(_phase(by_id[i]["name"])) for i in walk]
     problems = []
     if len(walk) != len(phases):
         problems.append(f"chain {chain}: flows reach {len(walk)} of its {len(phases)} phases")
@@ -103,8 +116,15 @@ def _chain_problems(
     return problems
 
 
-def evaluate(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[TraceCheck]:
-    """Judge the rows of :data:`QUERIES` (pure)."""
+def evaluate(
+    rows: Mapping[str, Sequence[Mapping[str, Any]]], source: str = "trace"
+) -> list[TraceCheck]:
+    """Judge the rows of :data:`QUERIES` (pure). A trace whose chain table this tracekit
+    cannot read (not tracekit's, or written before the table) is a TraceFileError saying
+    what to do, as ``summary`` says it: its chains could not be told."""
+    recording = rows["recording"]
+    version = recording[0]["version"] if recording else None
+    require_schema(bool(recording), version if version.__class__ is int else 0, source)
     checks = []
     stats = rows["stats"]
     checks.append(
@@ -131,7 +151,7 @@ def evaluate(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[TraceCheck
     heads: dict[int, Mapping[str, Any]] = {}
     for s in rows["chain_slices"]:
         chain = int(s["chain"])
-        if str(s["name"]).startswith("INTID "):
+        if s["row"] == CHAIN_ROW:
             heads[chain] = s
         else:
             by_chain[chain].append(s)
@@ -162,7 +182,7 @@ def evaluate(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[TraceCheck
         c
         for c, head in heads.items()
         if head.get("complete") in (1, True, "1", "true")
-        and {_phase(str(s["name"])) for s in by_chain[c]} != set("ABCDEF")
+        and {_phase(s["name"]) for s in by_chain[c]} != set("ABCDEF")
     ]
     checks.append(
         TraceCheck(
@@ -215,4 +235,4 @@ class TraceProcessorRunner:
             ) from None
 
     def check(self, trace: Path) -> list[TraceCheck]:
-        return evaluate(self.rows(trace))
+        return evaluate(self.rows(trace), str(trace))

@@ -35,6 +35,8 @@ from tracekit.export.content import END_MARKER, PHASE_TITLES, Exporter
 from tracekit.model.chains import Reconstruction
 from tracekit.model.events import RawEvent
 from tracekit.model.incremental import ChainBuilder
+from tracekit.model.meta import RecordingMeta
+from tracekit.model.vocabulary import Role
 from tracekit.probes.spec import ExitDecoder
 
 __all__ = ["END_MARKER", "PHASE_TITLES", "export_events", "export_trace"]
@@ -47,14 +49,17 @@ def export_events(
     out: IO[bytes],
     events: Iterable[RawEvent],
     decoder: ExitDecoder,
-    meta: Mapping[str, Any],
+    meta: RecordingMeta | Mapping[str, Any],
     kvm_mode: str = "vhe",
 ) -> dict[str, int]:
     """Reconstruct and write the trace in one pass over time-sorted ``events``.
 
-    Returns packet counts (``tracks``: descriptors, ``events``: track events), the number
-    of raw events read and chain counts for the caller's report.
+    ``meta`` may also be a plain ``meta.json`` object (the benchmark's synthetic export
+    passes one). Returns packet counts (``tracks``: descriptors, ``events``: track
+    events), the number of raw events read and chain counts for the caller's report.
     """
+    if not isinstance(meta, RecordingMeta):
+        meta = RecordingMeta.from_json(dict(meta), "recording metadata")
     ex = Exporter(out, decoder, meta, kvm_mode)
     builder = ChainBuilder(decoder, kvm_mode)
     closed_exits, closed_entries, chains = (
@@ -64,13 +69,14 @@ def export_events(
     )
     feed, raw, running = builder.feed, ex.raw, builder.running
     add, frame, instant_rests = ex.sink.add, ex.enc.frame, ex.instant_rests
+    handle_exit = Role.HANDLE_EXIT.value  # a plain str: compared per event
     n = 0
     for ev in events:
         if not n:
             ex.meta_instant(ev.t)
         n += 1
         feed(ev)
-        if ev.source == "probe" and ev.role != "handle_exit":
+        if ev.source == "probe" and ev.role != handle_exit:
             # ``Exporter.raw``'s probe-hit path for an instant encoded before, inline:
             # this runs for most events.
             values = ev.values
@@ -121,7 +127,7 @@ def export_trace(
     recon: Reconstruction,
     events: Iterable[RawEvent],
     decoder: ExitDecoder,
-    meta: Mapping[str, Any],
+    meta: RecordingMeta,
 ) -> dict[str, int]:
     """Write the trace of a recording already reconstructed as ``recon``.
 

@@ -123,6 +123,49 @@ class GroundTruth:
             "l2_ticks": dict(self.l2_ticks),
         }
 
+    @classmethod
+    def from_json(cls, data: Any) -> GroundTruth:
+        """From :meth:`to_json`'s object (a console line's JSON, or meta.json's
+        ``ground_truth``); ``per_class`` is not read: it follows from the interrupts."""
+        if not isinstance(data, dict):
+            raise GroundTruthError("ground-truth JSON should be an object")
+        try:
+            interrupts = tuple(
+                InterruptCount(
+                    cls=str(i["class"]),
+                    intid=_int(i, "intid", "interrupt"),
+                    vcpu=_int(i, "vcpu", "interrupt"),
+                    source=str(i.get("source", "")),
+                    sent=_int(i, "sent", "interrupt"),
+                    acked=_int(i, "acked", "interrupt"),
+                    from_vcpu=i.get("from_vcpu"),
+                )
+                for i in data.get("interrupts", [])
+            )
+            exceptions = tuple(
+                ExceptionCount(
+                    kind=str(e["kind"]),
+                    vcpu=_int(e, "vcpu", "exception"),
+                    issued=_int(e, "issued", "exception"),
+                    observed=_int(e, "observed", "exception"),
+                )
+                for e in data.get("exceptions", [])
+            )
+            return cls(
+                scenario=str(data["scenario"]),
+                vcpus=_int(data, "vcpus", "line"),
+                count=_int(data, "count", "line"),
+                ok=bool(data.get("ok", False)),
+                errors=tuple(str(e) for e in data.get("errors", [])),
+                interrupts=interrupts,
+                exceptions=exceptions,
+                spurious=int(data.get("spurious", 0)),
+                l1_ns=int(data.get("l1_ns", 0)),
+                l2_ticks={str(k): int(v) for k, v in dict(data.get("l2_ticks", {})).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GroundTruthError(f"ground-truth JSON lacks or mistypes {exc}") from None
+
 
 def _int(d: Mapping[str, Any], key: str, where: str) -> int:
     v = d.get(key)
@@ -144,41 +187,4 @@ def parse_ground_truth_line(line: str) -> GroundTruth:
             f"ground-truth line is not valid JSON ({exc.msg})",
             hint="the L1 console may be garbled; see console.log",
         ) from None
-    if not isinstance(data, dict):
-        raise GroundTruthError("ground-truth JSON should be an object")
-    try:
-        interrupts = tuple(
-            InterruptCount(
-                cls=str(i["class"]),
-                intid=_int(i, "intid", "interrupt"),
-                vcpu=_int(i, "vcpu", "interrupt"),
-                source=str(i.get("source", "")),
-                sent=_int(i, "sent", "interrupt"),
-                acked=_int(i, "acked", "interrupt"),
-                from_vcpu=i.get("from_vcpu"),
-            )
-            for i in data.get("interrupts", [])
-        )
-        exceptions = tuple(
-            ExceptionCount(
-                kind=str(e["kind"]),
-                vcpu=_int(e, "vcpu", "exception"),
-                issued=_int(e, "issued", "exception"),
-                observed=_int(e, "observed", "exception"),
-            )
-            for e in data.get("exceptions", [])
-        )
-        return GroundTruth(
-            scenario=str(data["scenario"]),
-            vcpus=_int(data, "vcpus", "line"),
-            count=_int(data, "count", "line"),
-            ok=bool(data.get("ok", False)),
-            errors=tuple(str(e) for e in data.get("errors", [])),
-            interrupts=interrupts,
-            exceptions=exceptions,
-            spurious=int(data.get("spurious", 0)),
-            l1_ns=int(data.get("l1_ns", 0)),
-            l2_ticks={str(k): int(v) for k, v in dict(data.get("l2_ticks", {})).items()},
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise GroundTruthError(f"ground-truth JSON lacks or mistypes {exc}") from None
+    return GroundTruth.from_json(data)

@@ -9,9 +9,11 @@ metadata (ground truth, versions, KVM mode). ``summary`` reads the table back fr
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tracekit.model.ground_truth import GroundTruth
+from tracekit.model.meta import RecordingMeta
 from tracekit.model.table import ChainTable
 from tracekit.model.trace import TraceContent
 from tracekit.model.vocabulary import CLASSES, PHASES
@@ -38,15 +40,15 @@ def _stats(values: list[int]) -> dict[str, int]:
     }
 
 
-def _workload_kinds(gt: Any, names: dict[str, str]) -> dict[tuple[int, int], str]:
+def _workload_kinds(gt: GroundTruth | None, names: Mapping[str, str]) -> dict[tuple[int, int], str]:
     """(INTID, vCPU) -> the source kind the workload reports for it."""
-    if not isinstance(gt, dict):
+    if gt is None:
         return {}
     out = {}
-    for irq in gt.get("interrupts", []):
-        kind = names.get(str(irq.get("source", "")))
+    for irq in gt.interrupts:
+        kind = names.get(irq.source)
         if kind:
-            out[(int(irq["intid"]), int(irq["vcpu"]))] = kind
+            out[(irq.intid, irq.vcpu)] = kind
     return out
 
 
@@ -61,17 +63,17 @@ def summarize(content: TraceContent) -> dict[str, Any]:
 
 def summarize_table(table: ChainTable) -> dict[str, Any]:
     """Everything ``summary`` reports that the chain table alone decides."""
-    meta = dict(table.meta or {})
-    gt = meta.get("ground_truth") or {}
-    per_class_gt = gt.get("per_class", {}) if isinstance(gt, dict) else {}
+    meta = table.meta or RecordingMeta()
+    gt = meta.ground_truth
+    per_class_gt = gt.per_class() if gt is not None else {}
     classes: dict[str, dict[str, int]] = {
-        c: {"ground_truth": int(per_class_gt.get(c, 0)), "complete_chains": 0, "partial_chains": 0}
+        c: {"ground_truth": per_class_gt.get(c, 0), "complete_chains": 0, "partial_chains": 0}
         for c in CLASSES
     }
     latency: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     seen: set[str] = set()
     busiest: Counter[tuple[int, int, str]] = Counter()
-    expected = _workload_kinds(gt, meta.get("workload_sources") or {})
+    expected = _workload_kinds(gt, meta.workload_sources or {})
     slowest: dict[str, tuple[int, int]] = {}
     mismatches: Counter[tuple[int, int, str, str]] = Counter()
     for row in table.chains:
@@ -115,12 +117,13 @@ def summarize_table(table: ChainTable) -> dict[str, Any]:
     ]
     time_in_phase = {p: sum(sum(latency[c][p]) for c in latency) for p in PHASES}
     return {
-        "scenario": meta.get("scenario"),
-        "kvm_mode": meta.get("kvm_mode", "unknown"),
-        "kernel": meta.get("kernel_release"),
-        "qemu": meta.get("qemu_version"),
-        "timebase": meta.get("timebase"),
-        "incomplete_reason": meta.get("incomplete_reason"),
+        "scenario": meta.scenario,
+        # A table without metadata (not a tracekit trace's) has no mode to tell.
+        "kvm_mode": meta.kvm_mode if table.meta is not None else "unknown",
+        "kernel": meta.kernel_release,
+        "qemu": meta.qemu_version,
+        "timebase": meta.timebase,
+        "incomplete_reason": meta.incomplete_reason,
         "classes": classes,
         "phases_seen": [p for p in PHASES if p in seen],
         "phase_latency_ns": {

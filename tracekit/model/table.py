@@ -13,8 +13,10 @@ own with one instant per row: the annotations are what the Perfetto UI shows whe
 slice is clicked, so the table stays readable there and queryable with SQL on the slices
 a user sees; a second copy would double those bytes and add a track of thousands of
 instants to the UI; and a row is written with its slice, when the chain or exit closes,
-so the export stays streaming with nothing extra held in memory. Titles stay free to
-change: no reader looks at them.
+so the export stays streaming with nothing extra held in memory. Readers find rows by
+``tracekit.row`` (``ROW_ARG``), never by title, so titles stay free to change, with
+one exception: a phase slice carries only its chain's id, and its title starts with its
+phase's letter (:func:`phase_of`, the exporter's ``PHASE_TITLES``).
 
 A trace written before the table (no version on its recording instant) has no rows:
 :meth:`ChainTable.required` says how to re-export it.
@@ -33,6 +35,7 @@ from typing import Any
 
 from tracekit.errors import TraceFileError
 from tracekit.model.chains import Chain, Exit, Reconstruction
+from tracekit.model.meta import RecordingMeta
 from tracekit.model.vocabulary import PHASES
 
 __all__ = [
@@ -49,7 +52,9 @@ __all__ = [
     "ExitRow",
     "meta_args",
     "meta_json",
+    "phase_of",
     "read_table",
+    "require_schema",
     "table_of",
 ]
 
@@ -63,7 +68,8 @@ META_ARG = "tracekit.meta"
 #: slices, like ``explain``, finds a chain's slice by ``args[ROW_ARG] == CHAIN_ROW``).
 ROW_ARG = "tracekit.row"
 CHAIN_ROW, EXIT_ROW = "chain", "exit"
-#: The meta.json keys a trace keeps (what summary and explain read of the recording).
+#: The meta.json keys a trace keeps (what summary and explain read of the recording):
+#: fields of :class:`~tracekit.model.meta.RecordingMeta`.
 META_KEYS = (
     "scenario",
     "count",
@@ -319,12 +325,22 @@ class ExitRow:
 # -- the table ------------------------------------------------------------------------------
 
 
-def meta_json(meta: Mapping[str, Any]) -> str:
-    """The recording's metadata as the trace stores it."""
-    return json.dumps({k: meta.get(k) for k in META_KEYS}, sort_keys=True)
+def meta_json(meta: RecordingMeta) -> str:
+    """The recording's metadata as the trace stores it (null for a key it lacks)."""
+    written = meta.to_json()
+    return json.dumps({k: written.get(k) for k in META_KEYS}, sort_keys=True)
 
 
-def meta_args(meta: Mapping[str, Any]) -> dict[str, Any]:
+def _meta_of(text: str) -> RecordingMeta:
+    """The metadata of a trace's ``META_ARG``; a TraceFileError if it does not fit."""
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise TraceFileError(f"recording metadata is not JSON ({exc})") from None
+    return RecordingMeta.from_json(parsed, "recording metadata")
+
+
+def meta_args(meta: RecordingMeta) -> dict[str, Any]:
     """The table's part of the recording instant's annotations."""
     return {META_ARG: meta_json(meta), VERSION_ARG: SCHEMA_VERSION}
 
@@ -340,30 +356,45 @@ class ChainTable:
     recording instant; ``version`` is 0 when that instant names no table (an older
     tracekit wrote it)."""
 
-    meta: Mapping[str, Any] | None = None
+    meta: RecordingMeta | None = None
     version: int = 0
     chains: tuple[ChainRow, ...] = ()
     exits: tuple[ExitRow, ...] = ()
 
     def required(self, source: str = "trace") -> ChainTable:
         """This table, or the one-line error that says why ``source`` has none."""
-        if self.meta is None:
-            raise TraceFileError(
-                f"{source} is a Perfetto trace but not one written by tracekit",
-                hint="pass a .pftrace from `tracekit record`",
-            )
-        if self.version == 0:
-            raise TraceFileError(
-                f"{source} was written by an older tracekit and has no chain table",
-                hint=f"re-export it with `tracekit export {_raw_dir(source)}`",
-            )
-        if self.version != SCHEMA_VERSION:
-            raise TraceFileError(
-                f"{source} has chain table version {self.version}; this tracekit reads"
-                f" version {SCHEMA_VERSION}",
-                hint=f"re-export it with `tracekit export {_raw_dir(source)}`",
-            )
+        require_schema(self.meta is not None, self.version, source)
         return self
+
+
+def require_schema(recorded: bool, version: int, source: str = "trace") -> None:
+    """The one-line error for a trace whose rows this tracekit cannot read: not written by
+    tracekit (no recording instant), written before the table (``version`` 0), or by
+    another schema (``tracekit check`` asks the trace processor for the same two facts)."""
+    if not recorded:
+        raise TraceFileError(
+            f"{source} is a Perfetto trace but not one written by tracekit",
+            hint="pass a .pftrace from `tracekit record`",
+        )
+    if version == 0:
+        raise TraceFileError(
+            f"{source} was written by an older tracekit and has no chain table",
+            hint=f"re-export it with `tracekit export {_raw_dir(source)}`",
+        )
+    if version != SCHEMA_VERSION:
+        raise TraceFileError(
+            f"{source} has chain table version {version}; this tracekit reads"
+            f" version {SCHEMA_VERSION}",
+            hint=f"re-export it with `tracekit export {_raw_dir(source)}`",
+        )
+
+
+def phase_of(title: str) -> str | None:
+    """The phase a chain's phase slice draws, from its title ("B guest exit to EL2" -> "B");
+    None for any other title. Phase slices are annotated with their chain's id only (a
+    per-phase annotation would add bytes to every one of them), so their first letter is
+    the title convention readers rely on."""
+    return title[0] if len(title) > 2 and title[1] == " " and title[0] in PHASES else None
 
 
 def _by_id(row: ChainRow) -> int:
@@ -380,7 +411,7 @@ def _exit_key(row: ExitRow) -> tuple[Any, ...]:
 
 
 def _canonical(
-    meta: Mapping[str, Any] | None,
+    meta: RecordingMeta | None,
     version: int,
     chains: Iterable[ChainRow],
     exits: Iterable[ExitRow],
@@ -393,12 +424,12 @@ def _canonical(
     )
 
 
-def table_of(recon: Reconstruction, describe: Describe, meta: Mapping[str, Any]) -> ChainTable:
+def table_of(recon: Reconstruction, describe: Describe, meta: RecordingMeta) -> ChainTable:
     """The table a trace of ``recon`` holds, without writing or reading the trace: the
     same rows the exporter writes (it streams the same reconstruction)."""
     exits = (ExitRow.of(x, recon.kvm_mode, describe) for x in recon.exits)
     return _canonical(
-        json.loads(meta_json(meta)),  # through JSON, as a reader of the trace sees it
+        _meta_of(meta_json(meta)),  # through JSON, as a reader of the trace sees it
         SCHEMA_VERSION,
         (ChainRow.of(c) for c in recon.chains),
         (r for r in exits if r is not None),
@@ -412,17 +443,16 @@ def read_table(
     a problem per annotation that does not fit the schema (skipped, not fatal: a damaged
     trace still summarizes what is readable)."""
     problems: list[str] = []
-    meta: dict[str, Any] | None = None
+    meta: RecordingMeta | None = None
     version = 0
     for args in instants:
         if META_ARG not in args:
             continue
         try:
-            parsed = json.loads(str(args[META_ARG]))
-        except ValueError as exc:
-            problems.append(f"recording metadata is not JSON ({exc})")
-            parsed = {}
-        meta = parsed if isinstance(parsed, dict) else {}
+            meta = _meta_of(str(args[META_ARG]))
+        except TraceFileError as exc:
+            problems.append(exc.message)
+            meta = RecordingMeta(keys=())  # a tracekit trace still, its metadata unread
         v = args.get(VERSION_ARG)
         version = v if v.__class__ is int else 0
         break

@@ -3,12 +3,14 @@ inferred values) and ``meta.json``; the :class:`RecordResult` handed back."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 from tracekit.errors import TracekitError
 from tracekit.model.ground_truth import GroundTruth
+from tracekit.model.meta import RecordingMeta
+from tracekit.probes.spec import ProbeSet
 from tracekit.record.metadata import merge_meta
 from tracekit.record.options import RecordResult
 from tracekit.record.pipeline import remerge
@@ -30,13 +32,13 @@ def incomplete_reason(
 def merge_recording(
     output: Path,
     raw_dir: Path,
-    meta: dict[str, Any],
+    meta: RecordingMeta,
     truth: GroundTruth | None,
+    probe_set: ProbeSet,
     error: TracekitError | None = None,
 ) -> RecordResult:
     events, mstats = remerge(raw_dir, meta)
-    meta["merge"] = merge_meta(mstats)
-    incomplete: str | None = meta["incomplete_reason"]
+    incomplete = meta.incomplete_reason
     if mstats.log.unattributed_vcpu and incomplete is None:
         # Those lines may carry another vCPU's number: chains built on them could be
         # silently wrong, so the recording does not count as complete.
@@ -44,8 +46,9 @@ def merge_recording(
             f"{mstats.log.unattributed_vcpu} plugin stamps could not name the running vCPU"
             " (this QEMU does not export current_cpu; see docs/timebase.md)"
         )
-        meta["incomplete_reason"] = incomplete
-    (raw_dir / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    meta = dataclasses.replace(meta, merge=merge_meta(mstats), incomplete_reason=incomplete)
+    (raw_dir / "meta.json").write_text(json.dumps(meta.to_json(), indent=1, default=str))
     return RecordResult(
-        output, raw_dir, events, truth, meta, mstats, str(meta["ended_by"]), incomplete, error
-    )
+        output, raw_dir, events, truth, meta, mstats, probe_set, str(meta.ended_by), incomplete,
+        error,
+    )  # fmt: skip

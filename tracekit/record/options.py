@@ -14,6 +14,8 @@ from tracekit.errors import TracekitError
 from tracekit.guest.runner import ScenarioRequest
 from tracekit.model.events import RawEvent
 from tracekit.model.ground_truth import GroundTruth
+from tracekit.model.meta import RecordingMeta
+from tracekit.probes.spec import ProbeSet
 from tracekit.record.merge import MergeStats
 
 __all__ = ["LiveStats", "RecordOptions", "RecordResult", "raw_dir_for", "result_summary"]
@@ -70,8 +72,10 @@ class RecordResult:
     raw_dir: Path
     events: list[RawEvent]
     ground_truth: GroundTruth | None
-    meta: dict[str, Any]
+    meta: RecordingMeta
     merge_stats: MergeStats
+    #: The probe set resolution loaded (its decoder names the exits in the export).
+    probe_set: ProbeSet
     ended_by: str
     incomplete_reason: str | None = None
     #: The fault that ended the recording (its message is in ``incomplete_reason``).

@@ -10,7 +10,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tracekit.errors import TraceFileError
 from tracekit.export.perfetto import export_trace
@@ -18,7 +17,7 @@ from tracekit.model.chains import Reconstruction
 from tracekit.model.context import infer_values
 from tracekit.model.events import RawEvent, read_events, write_events
 from tracekit.model.incremental import reconstruct
-from tracekit.probes.info import ProbeInfo
+from tracekit.model.meta import RecordingMeta
 from tracekit.probes.spec import ExitDecoder, load_probe_set
 from tracekit.record.merge import GdbHit, MergeStats, merge
 
@@ -30,13 +29,13 @@ class ExportReport:
     output: Path
     reconstruction: Reconstruction
     counts: dict[str, int]
-    meta: dict[str, Any]
+    meta: RecordingMeta
 
 
-def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeStats]:
+def remerge(raw_dir: Path, meta: RecordingMeta) -> tuple[list[RawEvent], MergeStats]:
     """Merge hits.jsonl and qemu.log again (tolerates a torn last line), then infer
     the values the probe set says follow from context (model/context.py)."""
-    probes = [ProbeInfo.from_json(p) for p in meta.get("probes", [])]
+    probes = meta.probes
     rules = {p.name: p.infer for p in probes if p.infer}
     hits: list[GdbHit] = []
     hits_path = raw_dir / "hits.jsonl"
@@ -48,7 +47,7 @@ def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeS
                 continue  # a line torn by a crash
     stats = MergeStats()
     log_path = raw_dir / "qemu.log"
-    kvm_mode = str(meta.get("kvm_mode", "vhe"))
+    kvm_mode = meta.kvm_mode or "vhe"
     if log_path.exists():
         # Streamed: a long recording's log is hundreds of MB (issue 14's 2000-count run:
         # 55 MB, ~1.2 M lines, which as a list of strings alone doubled the peak RSS).
@@ -56,10 +55,7 @@ def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeS
             events = merge(hits, log, probes, stats, kvm_mode)
     else:
         events = merge(hits, [], probes, stats, kvm_mode)
-    irq_code = meta.get("irq_exit_code")
-    inferred = infer_values(
-        events, rules, irq_exit_code=int(irq_code) if irq_code is not None else None
-    )
+    inferred = infer_values(events, rules, irq_exit_code=meta.irq_exit_code)
     events = inferred.events
     stats.inference = dict(sorted(inferred.stats.items()))
     stats.disagreements = inferred.disagreements
@@ -68,7 +64,7 @@ def remerge(raw_dir: Path, meta: dict[str, Any]) -> tuple[list[RawEvent], MergeS
     return events, stats
 
 
-def load_meta(raw_dir: Path) -> dict[str, Any]:
+def load_meta(raw_dir: Path) -> RecordingMeta:
     try:
         data = json.loads((raw_dir / "meta.json").read_text())
     except FileNotFoundError:
@@ -78,9 +74,7 @@ def load_meta(raw_dir: Path) -> dict[str, Any]:
         ) from None
     except (ValueError, OSError) as exc:
         raise TraceFileError(f"{raw_dir}/meta.json is unreadable ({exc})") from None
-    if not isinstance(data, dict):
-        raise TraceFileError(f"{raw_dir}/meta.json is not an object")
-    return data
+    return RecordingMeta.from_json(data, f"{raw_dir}/meta.json")
 
 
 def export_raw(
@@ -89,8 +83,12 @@ def export_raw(
     *,
     decoder: ExitDecoder | None = None,
     events: list[RawEvent] | None = None,
-    meta: dict[str, Any] | None = None,
+    meta: RecordingMeta | None = None,
 ) -> ExportReport:
+    """Write the trace of ``raw_dir``. ``record`` passes what it has (its probe set's
+    decoder, the merged events, the metadata); ``tracekit export RAW`` has only the raw
+    files, so the probe set is the one meta.json names (recordings before that key were
+    all linux-6.1's)."""
     meta = meta if meta is not None else load_meta(raw_dir)
     if events is None:
         ev_path = raw_dir / "events.jsonl"
@@ -99,8 +97,8 @@ def export_raw(
                 events = list(read_events(fh))
         else:
             events, _ = remerge(raw_dir, meta)
-    dec = decoder or load_probe_set(str(meta.get("probe_set", "linux-6.1"))).decoder
-    recon = reconstruct(events, dec, str(meta.get("kvm_mode", "vhe")))
+    dec = decoder or load_probe_set(meta.probe_set or "linux-6.1").decoder
+    recon = reconstruct(events, dec, meta.kvm_mode or "vhe")
     tmp = output.with_name(output.name + ".tmp")
     try:
         with tmp.open("wb") as fh:

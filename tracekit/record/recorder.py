@@ -179,6 +179,6 @@ class Recorder:
             hyp.probes,
             ended_by=ended_by,
             incomplete=incomplete_reason(ended_by, truth, incomplete),
-            ground_truth=truth.to_json() if truth else None,
+            ground_truth=truth,
         )
-        return merge_recording(self.opts.output, self.raw_dir, meta, truth, error)
+        return merge_recording(self.opts.output, self.raw_dir, meta, truth, res.probe_set, error)

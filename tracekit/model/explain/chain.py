@@ -302,10 +302,10 @@ def _notes(ph: Mapping[str, Slice], args: Mapping[str, Any], vcpu: int) -> list[
 
 
 def explain_chain(index: TraceIndex, chain_id: int, names: Mapping[str, str]) -> Explanation:
-    head = index.chains[chain_id]
+    head, row = index.chains[chain_id], index.rows[chain_id]
     args = head.args
     ph = index.phases.get(chain_id, {})
-    intid, vcpu = int(args["intid"]), int(args["vcpu"])
+    intid, vcpu = row.intid, row.vcpu
     w = Walk(index, names)
     if "A" in ph:
         _source_steps(w, ph["A"], args, intid, vcpu)
