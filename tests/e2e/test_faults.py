@@ -27,6 +27,18 @@ def comm(pid: int) -> str:
         return ""
 
 
+def _stamps(log: Path, enough: int) -> int:
+    """TKP lines in the plugin's log, counted up to ``enough``."""
+    seen = 0
+    with log.open(errors="replace") as fh:
+        for line in fh:
+            if line.startswith("TKP "):
+                seen += 1
+                if seen >= enough:
+                    break
+    return seen
+
+
 class Recording:
     def __init__(self, tmp: Path, *extra: str) -> None:
         self.out = tmp / "fault.pftrace"
@@ -54,11 +66,14 @@ class Recording:
         return found
 
     def wait_for_hits(self, n: int = 20, timeout: float = 300) -> dict[str, int]:
-        hits = self.out.with_suffix(".raw") / "hits.jsonl"
+        """Until the plugin has stamped ``n`` probe hits (L2 runs; KVM's probes do not
+        fire before) with QEMU and GDB both up. Stamps, not GDB hits: with plugin-read
+        values (QEMU 10's default) a recording makes no debugger stop at all."""
+        log = self.out.with_suffix(".raw") / "qemu.log"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             kids = self.children()
-            if hits.exists() and len(hits.read_text().splitlines()) >= n and len(kids) == 2:
+            if log.exists() and _stamps(log, n) >= n and len(kids) == 2:
                 return kids
             assert self.proc.poll() is None, self.proc.communicate()[1]
             time.sleep(0.2)

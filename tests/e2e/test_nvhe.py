@@ -58,7 +58,10 @@ def test_nvhe_chains_complete_with_real_phase_c(traces: dict[str, Any]) -> None:
     assert {"guest_exit_nvhe", "guest_eret_nvhe"} <= hyp
     assert all(meta["merge"]["per_probe"].get(n, 0) > 0 for n in hyp)
     hits = [json.loads(line) for line in (raw / "hits.jsonl").read_text().splitlines()]
-    assert hits and all(h["el"] == 1 and h["world"] == "l1-host" for h in hits)
+    if meta["plugin_values"]:  # QEMU 10's default: the plugin placed the hyp probes too
+        assert hits == [] and meta["stops"] == 0
+    else:
+        assert hits and all(h["el"] == 1 and h["world"] == "l1-host" for h in hits)
 
 
 def test_diff_shows_both_modes(traces: dict[str, Any]) -> None:
