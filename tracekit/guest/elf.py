@@ -33,6 +33,7 @@ __all__ = [
     "ResolvedLibrary",
     "needed_closure",
     "read_dynamic",
+    "read_section",
 ]
 
 _MAGIC = b"\x7fELF"
@@ -128,6 +129,38 @@ def read_dynamic(data: bytes, source: str = "the file") -> DynamicInfo:
     soname = next((string(v) for t, v in entries if t == _DT_SONAME), None)
     needed = tuple(string(v) for t, v in entries if t == _DT_NEEDED)
     return DynamicInfo(machine, interpreter, needed, soname, paths(_DT_RUNPATH), paths(_DT_RPATH))
+
+
+def read_section(data: bytes, name: str, source: str = "the file") -> bytes | None:
+    """The contents of the section called ``name`` (e.g. a module's ``.modinfo``), or None.
+
+    Section headers (gABI "Sections"): ``e_shoff`` at 0x28, ``e_shentsize``, ``e_shnum``,
+    ``e_shstrndx`` at 0x3a; each header is sh_name, sh_type (u32), sh_flags, sh_addr,
+    sh_offset, sh_size (u64), ... A relocatable file (a ``.ko``) has sections, no segments.
+    """
+    if len(data) < 64 or data[:4] != _MAGIC or data[4] != _ELFCLASS64:
+        raise _fail("no ELF64 header", source)
+    end = "<" if data[5] == _ELFDATA2LSB else ">"
+    (shoff,) = struct.unpack_from(end + "Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from(end + "HHH", data, 0x3A)
+    if shentsize < 64 or shstrndx >= shnum or shoff + shnum * shentsize > len(data):
+        raise _fail("section headers out of range", source)
+
+    def header(i: int) -> tuple[int, int, int]:
+        sh_name, _type, _flags, _addr, off, size = struct.unpack_from(
+            end + "IIQQQQ", data, shoff + i * shentsize
+        )
+        return sh_name, off, size
+
+    _, names_off, names_size = header(shstrndx)
+    names = data[names_off : names_off + names_size]
+    for i in range(shnum):
+        sh_name, off, size = header(i)
+        if names[sh_name:].split(b"\0", 1)[0] == name.encode():
+            if off + size > len(data):
+                raise _fail(f"section {name} beyond the end of the file", source)
+            return data[off : off + size]
+    return None
 
 
 class FileView(Protocol):
