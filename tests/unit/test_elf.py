@@ -126,3 +126,35 @@ def test_closure_breadth_first_via_symlinks_runpath_and_missing() -> None:
 def test_missing_root_is_an_error() -> None:
     with pytest.raises(GuestBuildError, match="not in the unpacked"):
         needed_closure(["/usr/bin/none"], Tree({}, {}))
+
+
+def test_read_section_of_a_module_and_modinfo() -> None:
+    from tracekit.guest.elf import read_section
+    from tracekit.guest.kmodules import deps_from_modinfo, load_order, modinfo
+
+    modinfo_bytes = b"license=GPL\0depends=virtio,virtio_ring\0name=virtio_blk\0"
+    names = b"\0.shstrtab\0.modinfo\0"
+    body = names + modinfo_bytes
+    shoff = 64 + len(body)
+    header = (
+        b"\x7fELF\x02\x01\x01"
+        + b"\0" * 9
+        + struct.pack("<HHIQQQIHHHHHH", 1, AARCH64, 1, 0, 0, shoff, 0, 64, 0, 0, 64, 3, 1)
+    )
+    null = b"\0" * 64
+    shstr = struct.pack("<IIQQQQIIQQ", 1, 3, 0, 0, 64, len(names), 0, 0, 1, 0)
+    info = struct.pack("<IIQQQQIIQQ", 11, 1, 0, 0, 64 + len(names), len(modinfo_bytes), 0, 0, 1, 0)
+    ko = header + body + null + shstr + info
+    section = read_section(ko, ".modinfo")
+    assert section == modinfo_bytes
+    assert read_section(ko, ".text") is None
+    infos = {
+        "kernel/drivers/block/virtio_blk.ko": modinfo(section or b""),
+        "kernel/drivers/virtio/virtio.ko": modinfo(b"depends=virtio_ring\0"),
+        "kernel/drivers/virtio/virtio_ring.ko": modinfo(b"depends=\0"),
+    }
+    assert load_order(["virtio_blk"], deps_from_modinfo(infos)) == (
+        "kernel/drivers/virtio/virtio_ring.ko",
+        "kernel/drivers/virtio/virtio.ko",
+        "kernel/drivers/block/virtio_blk.ko",
+    )
