@@ -172,7 +172,19 @@ def _qemu_closure(
     view = _Unpacked()
     qemu = apt.resolve(cfg.qemu_package)
     view.add(qemu.name, _fetch(apt, qemu, base, report))
-    fetched = {qemu.name}
+    # The packages an earlier build of this QEMU version needed: reused without asking apt.
+    record = base / "closure.json"
+    try:
+        known = json.loads(record.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if known.get("qemu") == [qemu.name, qemu.version]:
+        for name, version in known.get("packages", []):
+            tree = base / "pkgs" / f"{name}_{version.replace(':', '_')}"
+            if (tree / ".unpacked").exists():
+                view.add(name, tree)
+    fetched = {owner for owner, _ in view.trees}
+    refs: list[list[str]] = []
     for _ in range(MAX_ROUNDS):
         libs, missing = needed_closure([cfg.qemu_binary], view)
         if not missing:
@@ -189,10 +201,18 @@ def _qemu_closure(
             fetched.add(name)
             ref = apt.resolve(name)
             view.add(ref.name, _fetch(apt, ref, base, report))
+            refs.append([ref.name, ref.version])
     else:
         raise GuestBuildError(
             f"the libraries of {cfg.qemu_binary} did not resolve in {MAX_ROUNDS} rounds"
         )
+    if refs:
+        packages = (
+            [*known.get("packages", []), *refs]
+            if known.get("qemu") == [qemu.name, qemu.version]
+            else refs
+        )
+        record.write_text(json.dumps({"qemu": [qemu.name, qemu.version], "packages": packages}))
     qemu_bytes = view.read(cfg.qemu_binary)
     assert qemu_bytes is not None
     interp = read_dynamic(qemu_bytes, cfg.qemu_binary).interpreter
