@@ -39,3 +39,9 @@ if __name__ == "__main__":
 
     PROGRAMS_GOLDEN.write_text(golden_text())
     print("golden files written to", GOLDEN)
+    from tests.unit.test_l2report import GOLDEN as L2_GOLDEN
+    from tests.unit.test_l2report import REPORT as L2_REPORT
+    from tests.unit.test_l2report import sources_text
+    from tracekit.model.l2report import parse_report
+
+    L2_GOLDEN.write_text(sources_text(parse_report(L2_REPORT.read_text())))

@@ -29,6 +29,8 @@ __all__ = [
     "CONFIG_DIR",
     "REPO_ROOT",
     "GuestConfig",
+    "LinuxL2Config",
+    "LinuxL2Scenario",
     "MachineProfile",
     "QemuPluginApis",
     "ScenarioSpec",
@@ -36,6 +38,7 @@ __all__ = [
     "cache_dir",
     "from_mapping",
     "load_guest_config",
+    "load_linux_l2_config",
     "load_machine",
     "load_qemu_plugin_apis",
     "load_scenarios",
@@ -259,6 +262,53 @@ class GuestConfig:
 def load_guest_config(path: Path | None = None) -> GuestConfig:
     p = path or CONFIG_DIR / "guest.toml"
     return from_mapping(GuestConfig, load_toml(p), str(p))
+
+
+# --------------------------------------------------------------------------- Linux L2
+
+
+@dataclass(frozen=True)
+class LinuxL2Scenario:
+    """One Linux-L2 scenario: the inner QEMU's devices (configs/linux-l2.toml)."""
+
+    name: str
+    description: str
+    devices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LinuxL2Config:
+    """The opt-in Linux L2 stack of issue 15 (see ``configs/linux-l2.toml``)."""
+
+    qemu_package: str
+    qemu_binary: str
+    modules: tuple[str, ...]
+    l2_cmdline: tuple[str, ...]
+    disk_mb: int
+    timeout_s: int
+    inner_args: tuple[str, ...]
+    scenario: dict[str, LinuxL2Scenario]
+
+    def get(self, name: str) -> LinuxL2Scenario:
+        try:
+            return self.scenario[name]
+        except KeyError:
+            raise ScenarioError(
+                f"unknown Linux L2 scenario {name!r} (known: {', '.join(self.scenario)})",
+                hint=did_you_mean(name, self.scenario, None),
+            ) from None
+
+
+def load_linux_l2_config(path: Path | None = None) -> LinuxL2Config:
+    p = path or CONFIG_DIR / "linux-l2.toml"
+    raw = dict(load_toml(p))
+    scenarios = raw.get("scenario", {})
+    if isinstance(scenarios, Mapping):
+        raw["scenario"] = {
+            name: {"name": name, **body} if isinstance(body, Mapping) else body
+            for name, body in scenarios.items()
+        }
+    return from_mapping(LinuxL2Config, raw, str(p))
 
 
 # --------------------------------------------------------------------------- scenarios

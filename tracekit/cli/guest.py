@@ -72,8 +72,21 @@ def guest() -> None:
     " 10.0 from bookworm-backports, unpacked, not installed), for the test suite's"
     " `record --plugin-values` on QEMU 10; nothing is fetched where the host's QEMU is 10.",
 )
+@click.option(
+    "--linux-l2",
+    "linux_l2",
+    is_flag=True,
+    help="Also build issue 15's Linux-L2 stack (configs/linux-l2.toml: Debian's arm64 QEMU"
+    " and its libraries, an L2 kernel + initramfs, in L1's initramfs; about 85 MB, under"
+    " <cache>/l2linux), for `tracekit guest run-linux`; the default stack is not changed.",
+)
 def build(
-    force: bool, kernel: Path | None, debug_info: bool, extra: tuple[str, ...], newer_qemu: bool
+    force: bool,
+    kernel: Path | None,
+    debug_info: bool,
+    extra: tuple[str, ...],
+    newer_qemu: bool,
+    linux_l2: bool,
 ) -> int:
     """Download the L1 kernel and busybox, cross-compile the L2 VMM, pack the initramfs."""
     from tracekit.cli import err_console
@@ -96,6 +109,14 @@ def build(
                 guest_cfg, tools, family, force=force, report=report
             )
         newer = _newer_qemu(tools, force, report) if newer_qemu else None
+        l2 = None
+        if linux_l2:
+            from tracekit.config import load_linux_l2_config
+            from tracekit.guest.linux_l2 import build_linux_l2
+
+            l2 = build_linux_l2(
+                guest_cfg, load_linux_l2_config(), tools, force=force, report=report
+            )
         progress.update(task, description="guest assets ready")
     table = Table(title="guest assets")
     table.add_column("piece")
@@ -122,6 +143,15 @@ def build(
         )
     if newer is not None:
         table.add_row("newer QEMU", newer["version"], "", newer["binary"])
+    if l2 is not None:
+        size = l2.l1_initramfs_path.stat().st_size / 1e6
+        table.add_row(
+            "Linux L2 (L1 initramfs)",
+            f"{l2.qemu_package} {l2.qemu_version}, {len(l2.libraries)} libraries,"
+            f" {len(l2.modules)} modules",
+            f"{size:.1f} MB",
+            l2.l1_initramfs,
+        )
     Console().print(table)
     return 0
 
@@ -250,4 +280,98 @@ def run(
     else:
         Console().print(render_ground_truth(truth))
     truth.check()
+    return 0
+
+
+@guest.command("run-linux")
+@click.option(
+    "--scenario",
+    "scenario",
+    default="linux-pci",
+    show_default=True,
+    help="A scenario of configs/linux-l2.toml (linux-mmio, linux-pci).",
+)
+@click.option("--machine", default="vhe", show_default=True, help="Machine profile of L1.")
+@click.option("--json", "as_json", is_flag=True, help="Print the times and counts as JSON.")
+def run_linux(scenario: str, machine: str, as_json: bool) -> int:
+    """Boot L1, start QEMU with KVM in it, boot L2 Linux, print L2's own interrupt counts."""
+    from tracekit.cli import err_console
+    from tracekit.config import load_linux_l2_config
+    from tracekit.guest.linux_l2 import load_linux_l2
+    from tracekit.guest.linux_run import run_linux_l2
+
+    cfg = load_linux_l2_config()
+    cfg.get(scenario)
+    profile = load_machine(machine)
+    assets = load_linux_l2()
+    with _progress(err_console) as progress:
+        task = progress.add_task("starting QEMU", total=None)
+        result = run_linux_l2(
+            scenario,
+            cfg,
+            profile,
+            assets,
+            load_tools(),
+            on_phase=lambda p: progress.update(task, description=p),
+        )
+    report = result.report
+    times = {
+        "l1_ready_s": round(result.wall_l1_ready_s, 2),
+        "inner_qemu_start_s": round(result.wall_qemu_start_s, 2),
+        "l2_init_s": round(result.wall_l2_init_s, 2),
+        "inner_start_to_l2_init_s": round(result.inner_to_init_s, 2),
+        "l2_report_s": round(result.wall_report_s, 2),
+        "total_s": round(result.wall_total_s, 2),
+        "steps": dict(result.wall_steps),
+    }
+    sources = report.sources()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "scenario": scenario,
+                    "machine": machine,
+                    "l1": result.ready,
+                    "l2_kernel": report.kernel,
+                    "l2_cpus": report.cpus,
+                    "window_s": round(report.window_s, 3),
+                    "host": times,
+                    "l2_errors": list(result.l2_errors),
+                    "sources": [
+                        {
+                            "label": s.label,
+                            "kind": s.kind,
+                            "intid": s.intid,
+                            "msi": list(s.msi) if s.msi else None,
+                            "chip": s.chip,
+                            "name": s.name,
+                            "before": list(s.before),
+                            "after": list(s.after),
+                        }
+                        for s in sources
+                    ],
+                }
+            )
+        )
+        return 0
+    table = Table(
+        title=f"L2 {report.kernel}: {scenario} ({report.cpus} vCPUs, window"
+        f" {report.window_s:.2f} s of L2 time)"
+    )
+    for col in ("IRQ", "kind", "INTID / ITS dev,event", "chip", "name"):
+        table.add_column(col)
+    for cpu in range(report.cpus):
+        table.add_column(f"CPU{cpu}", justify="right")
+    for s in sources:
+        if s.total == 0:
+            continue
+        where = str(s.intid) if s.intid is not None else (f"{s.msi[0]},{s.msi[1]}" if s.msi else "")
+        table.add_row(s.label, s.kind, where, s.chip, s.name, *(str(d) for d in s.delta))
+    table.caption = (
+        f"host: L1 ready {times['l1_ready_s']} s, inner QEMU start -> L2 /init"
+        f" {times['inner_start_to_l2_init_s']} s, total {times['total_s']} s"
+    )
+    Console().print(table)
+    for err in result.l2_errors:
+        err_console.print(f"[yellow]L2: {err}[/]")
     return 0

@@ -37,7 +37,9 @@ __all__ = [
     "GuestAssets",
     "assets_for_kernel",
     "build_assets",
+    "build_busybox",
     "build_extra_kernel",
+    "build_vmm",
     "check_assets",
     "check_probe_sets",
     "guest_apt",
@@ -253,6 +255,11 @@ def _build_initramfs(
     tmp.write_bytes(initramfs.gzip_deterministic(initramfs.build_newc(entries)))
     tmp.replace(path)
     return path
+
+
+#: The busybox and VMM builders, for stacks built around the default one (guest/linux_l2.py).
+build_busybox = _build_busybox
+build_vmm = _build_vmm
 
 
 def _kernel_fields(kmeta: Mapping[str, str | int]) -> dict[str, Any]:

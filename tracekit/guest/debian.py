@@ -237,6 +237,30 @@ class PrivateApt:
             )
         return PackageRef(name, arch, m.group(1))
 
+    def depends(self, name: str) -> list[str]:
+        """Direct, real ``Depends`` of ``name``: the first real member of each alternative
+        group (apt-cache marks a member followed by another with ``|``; a virtual package
+        is shown as ``<name>``)."""
+        out = self._cache(
+            "depends", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks",
+            "--no-replaces", "--no-enhances", f"{name}:{self.architecture}",
+            what=f"apt-cache depends {name}",
+        )  # fmt: skip
+        names: list[str] = []
+        taken = False
+        for line in out.splitlines():
+            s = line.strip()
+            alternative = s.startswith("|Depends:")
+            if not (alternative or s.startswith("Depends:")):
+                continue
+            dep = s.split(":", 1)[1].strip().split(":")[0]
+            if not taken and not dep.startswith("<"):
+                names.append(dep)
+                taken = True
+            if not alternative:  # the group ends here
+                taken = False
+        return names
+
     def download(self, ref: PackageRef, dest: Path) -> Path:
         """Download the ``.deb`` of ``ref`` into ``dest`` and return its path."""
         dest.mkdir(parents=True, exist_ok=True)
