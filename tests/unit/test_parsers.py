@@ -125,7 +125,8 @@ def test_debugger_stops_are_timed_from_qemus_own_trace_events() -> None:
         "99@1700000002.002000:gdbstub_op_continue_cpu Continuing CPU 0",
     ]
     items = list(parse_qemu_log(lines, st))
-    assert items == [ProbeTiming(0, 0x10, 5)]
+    # The stamp knows the host time of the last timestamped line before it (merge.py).
+    assert items == [ProbeTiming(0, 0x10, 5, wall=1700000001.0)]
     assert st.debug_stops == 2 and abs(st.debug_paused_s - 0.006) < 1e-6
 
 

@@ -210,3 +210,57 @@ def test_an_interrupt_nested_between_a_stop_and_its_stamp_keeps_each_hit_with_it
     st = MergeStats()
     merge(old, log, [probe], st)
     assert st.plugin_checks["vcpu.disagreed"] == 2
+
+
+def test_a_nested_stop_is_paired_by_when_it_stopped_on_any_qemu() -> None:
+    """The same nesting on QEMU 7.2, whose plugin reads no PSTATE: each hit carries the
+    host time the recorder received its stop, QEMU's log the times of its gdbstub events;
+    a stamp belongs to the latest hit already stopped before it (last in, first out)."""
+    probe = ProbeInfo(name="kick", address=0x10, phase="A", role="kick", mode="stop")
+    hits = [
+        GdbHit("kick", 0, 0xC, {"vcpu": 1}, wall=100.10),  # the task's kick (outer)
+        GdbHit("kick", 0, 0xC, {"vcpu": 0}, wall=100.30),  # the timer handler's kick
+        GdbHit("kick", 0, 0xC, {"vcpu": 1}, wall=100.50),  # a later kick, not nested
+    ]
+    log = [
+        "7@100.000001:gdbstub_hit_break RUN_STATE_DEBUG",
+        "7@100.200000:gdbstub_op_continue_cpu Continuing CPU 0",  # outer resumed past entry
+        "7@100.250000:gdbstub_hit_break RUN_STATE_DEBUG",  # the IRQ came first: nested stop
+        "7@100.400000:gdbstub_op_continue_cpu Continuing CPU 0",
+        "TKP 0 10 5",  # the nested kick's stamp
+        "TKP 0 10 6",  # then the outer one's
+        "7@100.450000:gdbstub_hit_break RUN_STATE_DEBUG",
+        "7@100.600000:gdbstub_op_continue_cpu Continuing CPU 0",
+        "TKP 0 10 9",
+    ]
+    events = merge(hits, log, [probe], MergeStats())
+    assert [(e.t, dict(e.values)) for e in events] == [
+        (5, {"vcpu": 0}),
+        (6, {"vcpu": 1}),
+        (9, {"vcpu": 1}),
+    ]
+    # Without the times (recordings before they were kept), order decides, as before.
+    old = [GdbHit("kick", 0, 0xC, dict(h.values)) for h in hits]
+    events = merge(old, log, [probe], MergeStats())
+    assert [dict(e.values)["vcpu"] for e in events] == [1, 0, 1]
+
+
+def test_a_stamp_of_a_stepped_stop_falls_back_to_order() -> None:
+    """A stop the debugger steps over stamps during the step, before any continue: the
+    last timestamped line is the stop's own (earlier than the recorder's receipt), so no
+    hit counts as stopped and order decides (a step runs with interrupts masked)."""
+    probe = ProbeInfo(name="sgi", address=0x20, phase="A", role="sgi", mode="stop")
+    hits = [
+        GdbHit("sgi", 1, 0x20, {"v": 7}, wall=50.2),
+        GdbHit("sgi", 1, 0x20, {"v": 8}, wall=51.2),
+    ]
+    log = [
+        "7@50.100000:gdbstub_hit_break RUN_STATE_DEBUG",
+        "TKP 1 20 3",
+        "7@50.300000:gdbstub_hit_break RUN_STATE_DEBUG",  # the step's end
+        "7@50.400000:gdbstub_op_continue_cpu Continuing CPU 1",
+        "7@51.100000:gdbstub_hit_break RUN_STATE_DEBUG",
+        "TKP 1 20 4",
+    ]
+    events = merge(hits, log, [probe], MergeStats())
+    assert [dict(e.values)["v"] for e in events] == [7, 8]

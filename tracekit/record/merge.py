@@ -55,15 +55,18 @@ class GdbHit:
     host: bool = True
     #: PSTATE at the stop (recordings before it was kept: None).
     cpsr: int | None = None
+    #: Host wall time (s) at which the recorder received the stop (older recordings: None).
+    wall: float | None = None
 
     @classmethod
     def from_json(cls, line: str) -> GdbHit:
         d: dict[str, Any] = json.loads(line)
         values = {k: int(v) for k, v in d.get("values", {}).items() if v is not None}
-        cpsr = d.get("cpsr")
+        cpsr, wall = d.get("cpsr"), d.get("wall")
         return cls(
             str(d["probe"]), int(d["cpu"]), int(d["pc"]), values, bool(d.get("host", True)),
             int(cpsr) if cpsr is not None else None,
+            float(wall) if wall is not None else None,
         )  # fmt: skip
 
 
@@ -160,7 +163,7 @@ def merge(
             if not queue:
                 st.stop_timings_without_hit += 1
                 continue
-            hit = _take_hit(queue, plugin)
+            hit = _take_hit(queue, plugin, item.wall)
             if plugin is not None:
                 _check_plugin(probe.name, hit, plugin, _plugin_host(plugin, kvm_mode), item.t, st)
             if not hit.host:
@@ -198,16 +201,38 @@ def merge(
 _NESTING = 3
 
 
-def _take_hit(queue: deque[GdbHit], plugin: Mapping[str, int | None] | None) -> GdbHit:
+def _take_hit(
+    queue: deque[GdbHit], plugin: Mapping[str, int | None] | None, now: float | None = None
+) -> GdbHit:
     """The GDB hit that belongs to this stamp: the k-th hit of a probe on a CPU is its
     k-th stamp, except when an interrupt nests between them. A probe whose stop is at the
     patchable entry and whose stamp is the instruction after it (``skip_entry``: the
     recorder resumes past the entry) leaves a window: QEMU takes a pending IRQ before the
     next translation block, and an IRQ handler that calls the same function (a kick from
     the timer's handler inside a kick from an ioctl) stops and stamps in between: hits
-    A, B but stamps B, A. Where the plugin read PSTATE at the stamp (``--plugin-values``),
-    the hit with the same PSTATE (DAIF differs inside the handler) is the stamp's; without
-    it, order decides (the plugin of QEMU 7.2 cannot read registers)."""
+    A, B but stamps B, A.
+
+    Nesting is last in, first out, so the stamp belongs to the *latest* hit that had
+    already stopped when the stamp ran. ``now`` tells which had: the host time of the
+    last timestamped QEMU line before the stamp, which follows every stop's own
+    ``gdbstub_op_continue_cpu`` (the recorder receives a stop, hence stamps ``wall``, before
+    it resumes the VM). That works on every QEMU. Without those times (recordings before
+    they were kept), the plugin's PSTATE at the stamp (``--plugin-values``: DAIF differs
+    inside the handler) picks the hit with the same PSTATE; without either, order decides.
+    """
+    if now is not None and queue[0].wall is not None:
+        stopped = 0
+        for i in range(min(_NESTING, len(queue))):
+            wall = queue[i].wall
+            if wall is None or wall > now:
+                break
+            stopped = i + 1
+        if stopped > 1:
+            hit = queue[stopped - 1]
+            del queue[stopped - 1]
+            return hit
+        if stopped == 1:
+            return queue.popleft()
     cpsr = plugin.get("@cpsr") if plugin is not None else None
     if cpsr is not None and queue[0].cpsr is not None and queue[0].cpsr != cpsr:
         for i in range(1, min(_NESTING, len(queue))):

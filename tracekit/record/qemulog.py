@@ -63,6 +63,10 @@ class ProbeTiming:
     #: The values the plugin read there (``TKV``): name -> value, None where it marked
     #: the value unreadable; None when it read nothing at this probe.
     values: Mapping[str, int | None] | None = None
+    #: Host wall time (s) of the last timestamped QEMU line before this stamp (its
+    #: gdbstub and GIC trace events): every debugger stop that line's moment follows has
+    #: already happened (merge.py pairs a stamp with its stop by it). None: no such line.
+    wall: float | None = None
 
 
 @dataclass(frozen=True)
@@ -187,11 +191,14 @@ def _items(
     marker: dict[int, int] = {}
     taking: _Taking | None = None
     stopped_at: float | None = None
+    wall: float | None = None
     for raw in lines:
         st.lines += 1
         text = raw.strip()
         stamp = _PREFIX.match(text)
         line = text[stamp.end() :] if stamp else text
+        if stamp:
+            wall = float(stamp.group(1))
         if not line:
             continue
         try:
@@ -206,7 +213,7 @@ def _items(
             if line.startswith("TKP "):
                 _, cpu, pc, t = line.split()
                 st.probe_lines += 1
-                yield ProbeTiming(int(cpu), int(pc, 16), int(t))
+                yield ProbeTiming(int(cpu), int(pc, 16), int(t), wall=wall)
             elif line.startswith("TKV "):
                 _, cpu, pc, t, *pairs = line.split()
                 values = {k: _plugin_value(v) for k, _, v in (p.partition("=") for p in pairs)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any, TextIO
 
 from tracekit.probes.resolve import ResolvedProbe
@@ -80,6 +81,9 @@ class StopHandler:
             "pc": stop.pc,
             "values": {},
             "errors": {},
+            # When the stop arrived: the merge pairs a stamp with the latest stop before
+            # it (merge.py _take_hit), against QEMU's timestamped log (same clock).
+            "wall": round(time.time(), 6),
         }
         self._seq += 1
         # Resume after the patchable-entry instruction (see probes/resolve.py).
