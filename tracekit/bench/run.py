@@ -134,14 +134,14 @@ def run_bench(
             )
     results.update(runs[0])
     results.update(export)
-    results["detail"].update(
-        {
-            "export_s": round(ex["export_s"], 3),
-            "serialize_s": round(ex["serialize_s"], 3),
-            "export_packets": ex["packets"],
-            "export_bytes": ex["bytes"],
-        }
-    )
+    # A new dict: runs[0]'s own detail stays that run's (update() would share it).
+    results["detail"] = {
+        **runs[0]["detail"],
+        "export_s": round(ex["export_s"], 3),
+        "serialize_s": round(ex["serialize_s"], 3),
+        "export_packets": ex["packets"],
+        "export_bytes": ex["bytes"],
+    }
     results["targets"] = {**runs[0]["targets"], **_verdicts(export, EXPORT_TARGETS)}
     results["runs"] = runs
     return results

@@ -146,13 +146,14 @@ def record(
     spec = catalog.get(scenario_name or catalog.default)
     req = validate_request(spec, count, vcpus)
     profile = load_machine(kvm_mode or machine)
-    assets = assets_for_kernel(load_guest_config(), load_tools(), kernel)
+    tools = load_tools()
+    assets = assets_for_kernel(load_guest_config(), tools, kernel)
     chosen = choose_probe_set(assets.kernel_release, assets.kernel_family, probe_set)
     out = output or default_output(spec.name)
     if out.suffix != ".pftrace":
         raise TracekitError(f"output {out} should end in .pftrace", hint="e.g. -o trace.pftrace")
     if plugin_values is None:
-        plugin_values = plugin_values_by_default(load_tools().qemu)
+        plugin_values = plugin_values_by_default(tools.qemu)
     opts = RecordOptions(
         req,
         profile,
@@ -169,7 +170,7 @@ def record(
         recorder = Recorder(
             opts,
             assets,
-            load_tools(),
+            tools,
             on_update=lambda s: live.update(render_live(s, show_console)),
         )
         result = recorder.run()

@@ -19,7 +19,7 @@ from typing import Any
 from tracekit.config import LinuxL2Config, MachineProfile, ToolPaths
 from tracekit.errors import VMError
 from tracekit.guest.linux_l2 import LinuxL2Assets
-from tracekit.guest.runner import DONE, L1_ERROR, READY, check_ready, parse_ready
+from tracekit.guest.runner import DONE, L1_ERROR, wait_for_l1
 from tracekit.model.l2report import (
     REPORT_BEGIN,
     REPORT_END,
@@ -131,14 +131,8 @@ def run_linux_l2(
 
     with QemuProcess(build_argv(profile, spec, runtime), runtime) as qemu:
         on_phase("booting L1")
-        line = qemu.wait_for_line(
-            [READY, L1_ERROR], profile.boot_timeout_s, deadline_what="L1 to boot"
-        )
+        ready = wait_for_l1(qemu, profile)
         t_ready = since()
-        if line.startswith(L1_ERROR):
-            raise VMError("L1: " + line[len(L1_ERROR) :])
-        ready = parse_ready(line)
-        check_ready(ready, profile)
         line = qemu.wait_for_line(
             [QEMU_START, L1_ERROR, DONE], 60, deadline_what="L1 to start the inner QEMU"
         )

@@ -81,6 +81,19 @@ def parse_ready(line: str) -> dict[str, Any]:
     return dict(data)
 
 
+def wait_for_l1(qemu: QemuProcess, profile: MachineProfile) -> dict[str, Any]:
+    """Until L1's ready line (its /init: KVM up in the profile's mode); its contents.
+
+    :raises VMError: L1 reported an error, did not boot in time, or came up wrong.
+    """
+    line = qemu.wait_for_line([READY, L1_ERROR], profile.boot_timeout_s, deadline_what="L1 to boot")
+    if line.startswith(L1_ERROR):
+        raise VMError("L1: " + line[len(L1_ERROR) :])
+    ready = parse_ready(line)
+    check_ready(ready, profile)
+    return ready
+
+
 def check_ready(ready: dict[str, Any], profile: MachineProfile) -> None:
     if ready.get("dev_kvm") != "yes":
         raise VMError(
@@ -116,14 +129,8 @@ def run_scenario(
     try:
         with QemuProcess(build_argv(profile, spec, runtime), runtime) as qemu:
             on_phase("booting L1")
-            line = qemu.wait_for_line(
-                [READY, L1_ERROR], profile.boot_timeout_s, deadline_what="L1 to boot"
-            )
+            ready = wait_for_l1(qemu, profile)
             boot_s = time.monotonic() - start
-            if line.startswith(L1_ERROR):
-                raise VMError("L1: " + line[len(L1_ERROR) :])
-            ready = parse_ready(line)
-            check_ready(ready, profile)
             on_phase(f"running scenario {req.scenario.name} in L2")
             line = qemu.wait_for_line(
                 [GROUND_TRUTH_PREFIX, DONE],

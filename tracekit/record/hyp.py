@@ -109,11 +109,7 @@ class HypProbes:
         vector = self._symbols.address(self._host_vector)
         self._facts.vbar_el2 = move.vbar_el2
         if move.delta is None:
-            raise VMError(
-                f"VBAR_EL2 {move.vbar_el2:#x} (read by the plugin) is not the nVHE host vector"
-                f" ({self._host_vector} at {vector:#x})",
-                hint="is L1 really in nVHE mode? (kvm-arm.mode=nvhe)",
-            )
+            raise self._not_host_vector(move.vbar_el2, vector, " (read by the plugin)")
         gdb = self._facts.vbar_el2_gdb
         if gdb is not None and gdb != move.vbar_el2:
             raise VMError(f"VBAR_EL2: the plugin read {move.vbar_el2:#x}, GDB {gdb:#x}", hint=hint)
@@ -133,6 +129,13 @@ class HypProbes:
                 " placed them: their stamps are missing",
                 hint=hint,
             )
+
+    def _not_host_vector(self, vbar: int, vector: int, by: str = "") -> VMError:
+        return VMError(
+            f"VBAR_EL2 {vbar:#x}{by} is not the nVHE host vector"
+            f" ({self._host_vector} at {vector:#x})",
+            hint="is L1 really in nVHE mode? (kvm-arm.mode=nvhe)",
+        )
 
     def _moved(self, delta: int) -> None:
         self._facts.hyp_va_delta = delta
@@ -162,11 +165,7 @@ class HypProbes:
         vector = self._symbols.address(self._host_vector)
         delta = vbar - vector
         if vbar == 0 or (vbar & 0xFFF) != (vector & 0xFFF):
-            raise VMError(
-                f"VBAR_EL2 {vbar:#x} is not the nVHE host vector"
-                f" ({self._host_vector} at {vector:#x})",
-                hint="is L1 really in nVHE mode? (kvm-arm.mode=nvhe)",
-            )
+            raise self._not_host_vector(vbar, vector)
         self._facts.vbar_el2 = vbar
         self._moved(delta)
         self._stamps.set_probes(self.probe_file())
