@@ -56,3 +56,19 @@ def test_hyp_probes_are_written_by_kernel_va_for_the_plugin_to_move() -> None:
     assert not [ln for ln in plain if ln[:2] in ("h ", "k ")]
     moved = dataclasses.replace(hyp[0], hyp_delta=kernel.HYP_DELTA)
     assert moved.stamp_address == hyp[0].stamp_address + kernel.HYP_DELTA
+
+
+def test_the_probe_file_is_replaced_whole_never_rewritten_in_place(tmp_path: Path) -> None:
+    """The plugin may re-read it at any moment (a QEMU thread's translation flush): a
+    rewrite must swap in a complete file (a new inode), never truncate the one there."""
+    from tracekit.record.stamps import PluginStamps
+
+    stamps = PluginStamps(tmp_path)
+    stamps.set_probes("10\n")
+    before = stamps.probe_file.stat().st_ino
+    with stamps.probe_file.open() as reader:  # as the plugin would hold it
+        stamps.set_probes("20\n30\n")
+        assert reader.read() == "10\n"  # the old file is still whole for its reader
+    assert stamps.probe_file.read_text() == "20\n30\n"
+    assert stamps.probe_file.stat().st_ino != before
+    assert [p.name for p in tmp_path.iterdir()] == ["probes.txt"]

@@ -3,6 +3,7 @@ that hands it to the plugin (``probes=`` in the raw directory; stamps land in qe
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tracekit.errors import ConfigError
@@ -72,7 +73,15 @@ class PluginStamps:
         return self._raw_dir / "qemu.log"
 
     def set_probes(self, text: str) -> None:
-        self.probe_file.write_text(text)
+        """Replaced whole, never rewritten in place: the plugin re-reads the file at every
+        translation flush, and QEMU 7.2 runs the flush of a debugger stop on its own
+        thread, so it can come while the nVHE relocation rewrites the file; a truncated
+        file read then left the plugin without probes until the next flush (seen in a
+        clean clone: a vCPU's kvm_arch_vcpu_postcreate stamp, and every stamp after it
+        until the next stop, missing)."""
+        tmp = self.probe_file.with_name(self.probe_file.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.probe_file)
 
     def written(self) -> int:
         try:
