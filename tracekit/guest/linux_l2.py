@@ -30,6 +30,7 @@ import os
 import posixpath
 import shlex
 import shutil
+import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ L2_DIR = "l2linux"
 MANIFEST = "assets.json"
 INIT_L1 = "guests/linux-l2/init-l1"
 INIT_L2 = "guests/linux-l2/init-l2"
+#: L2's window marker (static; guests/linux-l2/tk-l2mark.c).
+MARKER_SOURCE = "guests/linux-l2/tk-l2mark.c"
 #: Where the L2 pieces sit in L1's initramfs.
 L2_IMAGE = "/l2/Image"
 L2_INITRD = "/l2/initramfs.cpio.gz"
@@ -278,9 +281,34 @@ def _dirs_for(paths: list[str]) -> list[initramfs.CpioEntry]:
     return [initramfs.directory(d) for d in sorted(dirs, key=lambda d: (d.count("/"), d))]
 
 
-def _l2_initramfs(busybox: Path, modules: dict[str, bytes], order: tuple[str, ...]) -> bytes:
+def build_marker(tools: ToolPaths, cache: Path, report: Report) -> Path:
+    """Cross-compile L2's window marker (static, so L2 needs no libc), cached by source."""
+    source = REPO_ROOT / MARKER_SOURCE
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    binary = cache / L2_DIR / "marker" / digest / "tk-l2mark"
+    if binary.exists():
+        return binary
+    report("Linux L2: cross-compiling the window marker")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    argv = [tools.cross_gcc, "-static", "-O2", "-Wall", "-Wextra", "-Werror"]
+    proc = subprocess.run(
+        [*argv, "-o", str(binary), str(source)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0 or not binary.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise GuestBuildError(
+            "building L2's window marker failed: " + " | ".join(tail),
+            hint="check `tracekit doctor` for the cross compiler",
+        )
+    return binary
+
+
+def _l2_initramfs(
+    busybox: Path, marker: Path, modules: dict[str, bytes], order: tuple[str, ...]
+) -> bytes:
     files = [
         initramfs.file("bin/busybox", busybox.read_bytes(), 0o755),
+        initramfs.file("bin/tk-l2mark", marker.read_bytes(), 0o755),
         initramfs.symlink("bin/sh", "busybox"),
         initramfs.file("init", (REPO_ROOT / INIT_L2).read_bytes(), 0o755),
         initramfs.file("lib/modules/load-order", ("\n".join(order) + "\n").encode()),
@@ -325,7 +353,8 @@ def build_linux_l2(
     modules, order = _l2_modules(cfg, apt, l1, base, report)
     _, busybox = build_busybox(guest, tools, cache, False, report)
     _, vmm = build_vmm(guest, tools, cache, False, report)
-    l2_initrd = _l2_initramfs(busybox, modules, order)
+    marker = build_marker(tools, cache, report)
+    l2_initrd = _l2_initramfs(busybox, marker, modules, order)
 
     # L1's initramfs: its inputs' hash names it, so an unchanged build is cached.
     lib_files = {path.split(" ")[0]: view.read(path.split(" ")[0]) for path in libraries.values()}
