@@ -274,6 +274,8 @@ class LinuxL2Scenario:
     name: str
     description: str
     devices: tuple[str, ...]
+    #: Interrupt classes L2's devices, timer and IPIs make (what `record` checks).
+    classes: tuple[str, ...] = ("hardware", "virtual", "ipi")
 
 
 @dataclass(frozen=True)
@@ -328,6 +330,13 @@ class ScenarioSpec:
     exceptions: tuple[str, ...] = ()
     #: Seconds of L1 time the scenario may take per interrupt counted, before it is a hang.
     timeout_s: int = 300
+    #: What runs in L2: "vmm" (guests/vmm, the bare-metal payload) or "linux-l2" (a Linux
+    #: guest under Debian's QEMU in L1, configs/linux-l2.toml).
+    guest: str = "vmm"
+
+    @property
+    def linux_l2(self) -> bool:
+        return self.guest == "linux-l2"
 
 
 #: Source kinds a chain can have (tracekit/model/chains.py SOURCE_KINDS).
@@ -373,6 +382,15 @@ def load_scenarios(path: Path | None = None) -> ScenarioCatalog:
                 f"{p}: workload_sources.{name} = {kind!r} is not a source kind",
                 hint=did_you_mean(kind, SOURCE_KIND_NAMES, f"use one of {SOURCE_KIND_NAMES}"),
             )
+    linux = load_linux_l2_config()
+    for name, sc in linux.scenario.items():
+        if name in specs:
+            raise ConfigError(f"{p}: scenario {name!r} is also a Linux L2 scenario")
+        # One Linux run is one window (count 1); L2's CPUs are the inner QEMU's -smp.
+        # timeout_s × 10 is the run's deadline (record/run.py): the L2 timeout's.
+        specs[name] = ScenarioSpec(
+            name, sc.description, 1, 1, sc.classes, (), -(-linux.timeout_s // 10), "linux-l2"
+        )
     return ScenarioCatalog(raw.default, specs, raw.workload_sources)
 
 

@@ -25,7 +25,11 @@ def test_shipped_configs_load() -> None:
     assert load_guest_config().kernels["6.12"].suite == "bookworm-backports"
     cat = load_scenarios()
     assert cat.default == "mixed"
-    assert set(cat.scenarios) == {"timer", "irqfd", "irqline", "ipi", "exceptions", "mixed"}
+    assert set(cat.scenarios) == {
+        *("timer", "irqfd", "irqline", "ipi", "exceptions", "mixed"),
+        *("linux-mmio", "linux-pci"),
+    }
+    assert cat.get("linux-pci").linux_l2 and not cat.get("mixed").linux_l2
 
 
 def test_unknown_key_names_file_key_and_suggestion(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from tracekit.config import (
     load_scenarios,
     load_tools,
 )
+from tracekit.errors import ScenarioError
 from tracekit.guest.assets import GuestAssets
 from tracekit.model.ground_truth import GroundTruth
 from tracekit.model.vocabulary import CLASSES
@@ -252,6 +253,11 @@ def run(
 
     catalog = load_scenarios()
     spec = catalog.get(scenario_name or catalog.default)
+    if spec.linux_l2:
+        raise ScenarioError(
+            f"{spec.name} runs a Linux L2, not the VMM's workload",
+            hint=f"use `tracekit guest run-linux --scenario {spec.name}`",
+        )
     req = validate_request(spec, count, vcpus)
     profile = load_machine(machine)
     assets = assets_for_kernel(load_guest_config(), load_tools(), kernel)

@@ -20,7 +20,8 @@ def scenario_options(fn: F) -> F:
                 "--scenario",
                 "scenario_name",
                 default=None,
-                help="Scenario from configs/scenarios.toml (default: the file's default).",
+                help="Scenario from configs/scenarios.toml (default: its default), or "
+                "linux-mmio / linux-pci: a Linux L2 (configs/linux-l2.toml).",
             ),
             click.option("--count", type=int, default=None, help="Interrupts per source."),
             click.option("--vcpus", type=int, default=2, show_default=True, help="L2 vCPUs."),

@@ -154,6 +154,11 @@ def record(
         raise TracekitError(f"output {out} should end in .pftrace", hint="e.g. -o trace.pftrace")
     if plugin_values is None:
         plugin_values = plugin_values_by_default(tools.qemu)
+    initrd = None
+    if spec.linux_l2:  # L1 boots the Linux-L2 initramfs (its QEMU, L2's kernel and root)
+        from tracekit.guest.linux_l2 import load_linux_l2
+
+        initrd = load_linux_l2().l1_initramfs_path
     opts = RecordOptions(
         req,
         profile,
@@ -165,6 +170,7 @@ def record(
         read_values=read_values,
         plugin_values=plugin_values,
         workload_sources=catalog.workload_sources,
+        initrd=initrd,
     )
     with Live(console=err_console, refresh_per_second=4, transient=True) as live:
         recorder = Recorder(

@@ -324,11 +324,12 @@ def scenario_script(cfg: LinuxL2Config, name: str, qemu_binary: str) -> str:
     sc = cfg.get(name)
     append = " ".join((*cfg.l2_cmdline, f"tracekit.scenario={name}"))
     argv = [qemu_binary, *cfg.inner_args, *sc.devices]
-    argv += ["-kernel", L2_IMAGE, "-initrd", L2_INITRD, "-append", append]
+    argv += ["-kernel", L2_IMAGE, "-initrd", L2_INITRD]
+    # $TK_QEMU_EXTRA (split) and $TK_L2_APPEND: the tests' fault injection (init-l1).
     return (
         f"# {sc.description} (configs/linux-l2.toml)\n"
         f"dd if=/dev/zero of=/tmp/l2disk.img bs=1M count={cfg.disk_mb} 2>/dev/null\n"
-        f"exec {shlex.join(argv)}\n"
+        f'exec {shlex.join(argv)} $TK_QEMU_EXTRA -append "{append} $TK_L2_APPEND"\n'
     )
 
 

@@ -38,6 +38,8 @@ class InterruptCount:
     sent: int
     acked: int
     from_vcpu: int | None = None
+    #: A Linux L2's MSI: the (DeviceID, EventID) the ITS translates (model/l2truth.py).
+    msi: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class GroundTruth:
                     "acked": i.acked,
                 }
                 | ({"from_vcpu": i.from_vcpu} if i.from_vcpu is not None else {})
+                | ({"msi": list(i.msi)} if i.msi is not None else {})
                 for i in self.interrupts
             ],
             "exceptions": [
@@ -139,6 +142,7 @@ class GroundTruth:
                     sent=_int(i, "sent", "interrupt"),
                     acked=_int(i, "acked", "interrupt"),
                     from_vcpu=i.get("from_vcpu"),
+                    msi=_msi(i.get("msi")),
                 )
                 for i in data.get("interrupts", [])
             )
@@ -165,6 +169,14 @@ class GroundTruth:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise GroundTruthError(f"ground-truth JSON lacks or mistypes {exc}") from None
+
+
+def _msi(v: Any) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) != 2 or not all(type(x) is int for x in v):
+        raise GroundTruthError(f"ground truth interrupt: 'msi' should be two integers, got {v!r}")
+    return (v[0], v[1])
 
 
 def _int(d: Mapping[str, Any], key: str, where: str) -> int:

@@ -37,6 +37,7 @@ from tracekit.model.jsonrecord import (
     key,
     tuples,
 )
+from tracekit.model.l2truth import Window
 from tracekit.probes.info import ProbeInfo
 
 __all__ = ["Disagreement", "MergeReport", "PluginDisagreement", "RecordingMeta"]
@@ -66,6 +67,16 @@ PROBES: Codec[tuple[ProbeInfo, ...]] = Codec(
 GROUND_TRUTH: Codec[GroundTruth] = Codec(
     "the workload's ground truth", _ground_truth_from, GroundTruth.to_json
 )
+
+
+def _window_from(v: Any) -> Window:
+    try:
+        return Window.from_json(v)
+    except GroundTruthError as exc:
+        raise ValueError(exc.message) from None
+
+
+WINDOW: Codec[Window] = Codec("an L2 window (four times)", _window_from, Window.to_json)
 DISAGREEMENTS = tuples(STR, STR, INT, INT, INT)
 PLUGIN_DISAGREEMENTS = tuples(STR, STR, INT, INT, INT)
 
@@ -167,6 +178,8 @@ class RecordingMeta(JsonRecord):
     ended_by: str | None = key(STR)
     incomplete_reason: str | None = key(STR)
     ground_truth: GroundTruth | None = key(GROUND_TRUTH)
+    #: A Linux L2's measured window, from its marks (model/l2truth.py); None otherwise.
+    l2_window: Window | None = key(WINDOW, omit_none=True)
     wall_s: float | None = key(FLOAT)
     stops: int | None = key(INT)
     discarded_non_host: int | None = key(INT)

@@ -84,6 +84,7 @@ META_KEYS = (
     "ended_by",
     "incomplete_reason",
     "ground_truth",
+    "l2_window",
     "workload_sources",
     "probe_locations",
     "probe_lines",

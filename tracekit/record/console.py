@@ -8,6 +8,9 @@ import enum
 from tracekit.errors import VMError
 from tracekit.guest.runner import DONE, L1_ERROR, READY, check_ready, parse_ready
 from tracekit.model.ground_truth import GROUND_TRUTH_PREFIX, GroundTruth, parse_ground_truth_line
+from tracekit.model.l2report import L2Report
+from tracekit.model.l2truth import ground_truth_of
+from tracekit.record.l2console import L2Console
 from tracekit.record.metadata import RunFacts
 from tracekit.record.options import LiveStats, RecordOptions
 
@@ -36,6 +39,18 @@ class ConsoleWatcher:
         self._stats = stats
         self._facts = facts
         self.truth: GroundTruth | None = None
+        #: A Linux-L2 scenario's own part of the protocol (None for the VMM's scenarios).
+        self.l2 = L2Console(hang_s=opts.stall_timeout_s) if opts.request.scenario.linux_l2 else None
+        self._ready = False
+
+    @property
+    def l2_report(self) -> L2Report | None:
+        return self.l2.report if self.l2 is not None else None
+
+    def check_hang(self, now: float) -> None:
+        """:raises VMError: a Linux L2 went silent (l2console.py)."""
+        if self.l2 is not None:
+            self.l2.check_hang(now)
 
     def feed(self, line: str) -> Said | None:
         """One console line; what it announced, if anything.
@@ -48,9 +63,29 @@ class ConsoleWatcher:
             self._facts.l1_ready_s = round(self._stats.elapsed, 3)
             check_ready(parse_ready(line), self._opts.profile)
             self._stats.phase = f"running {self._opts.request.scenario.name} in L2"
+            self._ready = True
             return Said.READY
         if line.startswith(L1_ERROR):
             raise VMError("L1: " + line[len(L1_ERROR) :])
+        if self.l2 is not None and self._ready:
+            # L2's lines, the inner QEMU's, and L1's done line after them.
+            was = self.l2.started
+            if self.l2.feed(line):
+                assert self.l2.report is not None
+                self.truth = ground_truth_of(self.l2.report, self._opts.request.scenario.name)
+                self._facts.ground_truth_s = round(self._stats.elapsed, 3)
+                self._facts.stops_at_ground_truth = self._stats.stops
+                self._stats.phase = "L2's report received; finishing"
+                return Said.GROUND_TRUTH
+            if self.l2.started and not was:
+                self._stats.phase = f"booting L2 Linux ({self._opts.request.scenario.name})"
+            elif self.l2.steps:
+                self._stats.phase = f"L2 workload: {self.l2.steps[-1]}"
+            if line.startswith(DONE) and self.truth is not None:
+                return Said.DONE
+            if not self.l2.started:
+                raise_if_panic(line)  # before the inner QEMU, a panic is L1's
+            return None
         if line.startswith(GROUND_TRUTH_PREFIX):
             self.truth = parse_ground_truth_line(line)
             self._facts.ground_truth_s = round(self._stats.elapsed, 3)

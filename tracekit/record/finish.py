@@ -7,8 +7,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-from tracekit.errors import TracekitError
+from tracekit.errors import GroundTruthError, TracekitError
+from tracekit.model.events import RawEvent
 from tracekit.model.ground_truth import GroundTruth
+from tracekit.model.l2truth import msi_routes, resolve_msis, window_of
 from tracekit.model.meta import RecordingMeta
 from tracekit.probes.spec import ProbeSet
 from tracekit.record.metadata import merge_meta
@@ -36,6 +38,8 @@ def merge_recording(
     truth: GroundTruth | None,
     probe_set: ProbeSet,
     error: TracekitError | None = None,
+    *,
+    linux_l2: bool = False,
 ) -> RecordResult:
     events, mstats = remerge(raw_dir, meta)
     incomplete = meta.incomplete_reason
@@ -47,8 +51,32 @@ def merge_recording(
             " (this QEMU does not export current_cpu; see docs/timebase.md)"
         )
     meta = dataclasses.replace(meta, merge=merge_meta(mstats), incomplete_reason=incomplete)
+    if truth is not None and linux_l2:
+        truth, meta, error = _l2_window(events, truth, meta, error)
     (raw_dir / "meta.json").write_text(json.dumps(meta.to_json(), indent=1, default=str))
     return RecordResult(
-        output, raw_dir, events, truth, meta, mstats, probe_set, str(meta.ended_by), incomplete,
-        error,
+        output, raw_dir, events, truth, meta, mstats, probe_set, str(meta.ended_by),
+        meta.incomplete_reason, error,
     )  # fmt: skip
+
+
+def _l2_window(
+    events: list[RawEvent], truth: GroundTruth, meta: RecordingMeta, error: TracekitError | None
+) -> tuple[GroundTruth, RecordingMeta, TracekitError | None]:
+    """A Linux L2's window from its marks, and its MSIs joined to the LPIs the recording
+    saw (model/l2truth.py). A window that cannot be found leaves the recording
+    incomplete: its counts would have no interval to be compared in."""
+    try:
+        window = window_of(events)
+        if window is None:
+            raise GroundTruthError(
+                "the recording saw none of L2's window marks (io_mem_abort at the mark IPA)",
+                hint="check that the probe set's io_mem_abort captures fault_ipa",
+            )
+        truth = resolve_msis(truth, msi_routes(events))
+    except GroundTruthError as exc:
+        meta = dataclasses.replace(
+            meta, ground_truth=truth, incomplete_reason=meta.incomplete_reason or str(exc)
+        )
+        return truth, meta, error or exc
+    return truth, dataclasses.replace(meta, ground_truth=truth, l2_window=window), error

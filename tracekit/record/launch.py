@@ -40,7 +40,7 @@ def qemu_argv(
     spec = LaunchSpec(
         qemu=qemu,
         kernel=assets.image_path,
-        initrd=assets.initramfs_path,
+        initrd=opts.initrd or assets.initramfs_path,
         kernel_args=(*scenario_kernel_args(opts.request), *opts.extra_kernel_args),
         paused=True,
         qmp=True,

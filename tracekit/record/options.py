@@ -47,6 +47,8 @@ class RecordOptions:
     #: The workload's source names -> source kinds, kept in the metadata so the summary
     #: can check each chain's recorded source against the workload (never to set it).
     workload_sources: Mapping[str, str] = field(default_factory=dict)
+    #: L1's initramfs when not the default one: a Linux-L2 scenario's (guest/linux_l2.py).
+    initrd: Path | None = None
 
 
 @dataclass

@@ -181,4 +181,12 @@ class Recorder:
             incomplete=incomplete_reason(ended_by, truth, incomplete),
             ground_truth=truth,
         )
-        return merge_recording(self.opts.output, self.raw_dir, meta, truth, res.probe_set, error)
+        return merge_recording(
+            self.opts.output,
+            self.raw_dir,
+            meta,
+            truth,
+            res.probe_set,
+            error,
+            linux_l2=self.opts.request.scenario.linux_l2,
+        )

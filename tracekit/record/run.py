@@ -99,6 +99,8 @@ class RunLoop:
                     )
                 elif said is Said.GROUND_TRUTH:
                     deadlines.done = time.monotonic() + 60
+                    if console.l2 is not None:  # L2's own report, as it came
+                        (self._raw_dir / "l2-report.txt").write_text(console.l2.report_text)
                 elif said is Said.DONE:
                     return console.truth, "ground-truth"
             now = time.monotonic()
@@ -120,6 +122,7 @@ class RunLoop:
                 logged, last_progress = written, now
             # Boot is quiet (the kernel runs with `quiet`) and bounded by boot_timeout_s;
             # the stall watchdog covers the scenario.
+            console.check_hang(now)
             stalled = now - last_progress > self._opts.stall_timeout_s
             if deadlines.run is not None and stalled:
                 diagnose_stall(monitor, vm.pid, self._gdb, self._raw_dir)
