@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracekit.config import MachineProfile, ToolPaths, load_scenarios
+from tracekit.config import MachineProfile, ToolPaths, load_linux_l2_config, load_scenarios
 from tracekit.errors import TracekitError
 from tracekit.guest.assets import GuestAssets
+from tracekit.guest.linux_l2 import load_linux_l2
+from tracekit.guest.linux_run import run_linux_l2
 from tracekit.guest.runner import ScenarioRequest, run_scenario
 from tracekit.model.meta import MergeReport
 from tracekit.record.options import RecordOptions
@@ -160,7 +162,18 @@ def _measure(
     mode = "plugin-read values" if under_test.plugin_values else "GDB stops"
     work.mkdir()
     report(f"untraced {req.scenario.name} run on {under_test.qemu}")
-    plain = run_scenario(req, profile, assets, tools)
+    initrd = None
+    if req.scenario.linux_l2:
+        # A Linux L2: the scenario's wall is L1 ready -> L2's report; the guest's clock
+        # is L2's own over the window (model/l2truth.py ground_truth_of).
+        l2 = load_linux_l2()
+        initrd = l2.l1_initramfs_path
+        run = run_linux_l2(req.scenario.name, load_linux_l2_config(), profile, l2, tools)
+        untraced = run.wall_report_s - run.wall_l1_ready_s
+        untraced_guest_ns = int(run.report.window_s * 1e9)
+    else:
+        plain = run_scenario(req, profile, assets, tools)
+        untraced, untraced_guest_ns = plain.wall_scenario_s, plain.ground_truth.l1_ns
     report(f"traced {req.scenario.name} run on {under_test.qemu} ({mode})")
     opts = RecordOptions(
         req,
@@ -168,6 +181,7 @@ def _measure(
         work / "bench.pftrace",
         plugin_values=under_test.plugin_values,
         workload_sources=load_scenarios().workload_sources,
+        initrd=initrd,
     )
     rec = Recorder(opts, assets, tools).run()
     if rec.ground_truth is None or rec.incomplete_reason:
@@ -181,7 +195,6 @@ def _measure(
     if truth_s is None or ready_s is None or stops is None:
         raise TracekitError("the traced run reached its ground truth but did not time it")
     traced_window = truth_s - ready_s
-    untraced = plain.wall_scenario_s
     events = len(rec.events)
     debug_stops = merged.debug_stops
     paused_s = float(merged.debug_paused_s)
@@ -210,7 +223,7 @@ def _measure(
             ((traced_window - untraced) - paused_s) * 1000 / max(stops, 1), 3
         ),
         "mi_roundtrip_ms": meta.mi_roundtrip_ms,
-        "guest_dilation": round(rec.ground_truth.l1_ns / max(plain.ground_truth.l1_ns, 1), 3),
+        "guest_dilation": round(rec.ground_truth.l1_ns / max(untraced_guest_ns, 1), 3),
         "ready_s": meta.ready_s,
         "detail": {
             "traced_scenario_wall_s": round(traced_window, 3),
@@ -219,7 +232,7 @@ def _measure(
             "stops": stops,
             "interrupts": interrupts,
             "l1_ns_traced": rec.ground_truth.l1_ns,
-            "l1_ns_untraced": plain.ground_truth.l1_ns,
+            "l1_ns_untraced": untraced_guest_ns,
         },
     }
     if stops == 0:
