@@ -7,11 +7,12 @@ VENV := .venv/bin
 setup:
 	@scripts/setup.sh
 
-## The tests also check explain's source lines (the kernel's debug info, ~260 MB) and
-## record on a second kernel family (6.12) and on QEMU 10 (on Debian 12 from
-## bookworm-backports, unpacked, never installed): fetched once and cached.
+## The tests also check explain's source lines (the kernel's debug info, ~260 MB),
+## record on a second kernel family (6.12), on QEMU 10 (on Debian 12 from
+## bookworm-backports, unpacked, never installed) and with a Linux L2 (Debian's arm64
+## QEMU in L1, ~90 MB initramfs): fetched once and cached.
 setup-test:
-	@scripts/setup.sh --debug-info --extra-kernel 6.12 --newer-qemu
+	@scripts/setup.sh --debug-info --extra-kernel 6.12 --newer-qemu --linux-l2
 
 ## The main job on the built-in defaults: record the default scenario, print the summary.
 demo: setup

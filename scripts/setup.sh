@@ -8,14 +8,17 @@ cd "$(dirname "$0")/.."
 # make test: --debug-info (the kernel's debug info, for explain's source lines) and
 # --extra-kernel FAMILY (a second pinned kernel, for the kernel matrix of the e2e tier),
 # --newer-qemu (a QEMU with plugin API >= 4 beside the host's, unpacked into the cache
-# from <codename>-backports when the host's QEMU is older: the QEMU matrix of the e2e tier).
+# from <codename>-backports when the host's QEMU is older: the QEMU matrix of the e2e tier),
+# --linux-l2 (the Linux-L2 stack of configs/linux-l2.toml: Debian's arm64 QEMU and L2's
+# root in L1's initramfs, for the linux-mmio / linux-pci scenarios).
 GUEST_ARGS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --debug-info) GUEST_ARGS+=(--debug-info); shift ;;
         --extra-kernel) GUEST_ARGS+=(--extra-kernel "${2:?}"); shift 2 ;;
         --newer-qemu) GUEST_ARGS+=(--newer-qemu); shift ;;
-        *) echo "usage: $0 [--debug-info] [--extra-kernel FAMILY] [--newer-qemu]" >&2; exit 2 ;;
+        --linux-l2) GUEST_ARGS+=(--linux-l2); shift ;;
+        *) echo "usage: $0 [--debug-info] [--extra-kernel FAMILY] [--newer-qemu] [--linux-l2]" >&2; exit 2 ;;
     esac
 done
 

@@ -22,6 +22,7 @@ from tracekit.export.layout import TrackLayout
 from tracekit.export.wire import TYPE_INSTANT
 from tracekit.model.chains import Chain, Entry, Exit
 from tracekit.model.events import RawEvent
+from tracekit.model.l2truth import Window
 from tracekit.model.meta import RecordingMeta
 from tracekit.model.table import ChainRow, ExitRow, meta_args
 from tracekit.model.vocabulary import Role, Value
@@ -96,6 +97,30 @@ class Exporter(TrackLayout):
         }
         self.sink.add(self.enc.event(t0, TYPE_INSTANT, self.meta_track, "tracekit recording", args))
         self.meta_written = True
+        if meta.l2_window is not None:
+            self._l2_window(meta.l2_window)
+
+    def _l2_window(self, w: Window) -> None:
+        """A Linux L2's measured window (model/l2truth.py): the interval both the guest's
+        counts and the summary's cover, and its two brackets (a snapshot's read between
+        its marks: an acknowledgement there may or may not be in the guest's count)."""
+        nest = self._nest(self.meta_proc, "L2 measured window (the guest's own counts)", 1)
+        gt = self.meta.ground_truth
+        counted = json.dumps(gt.per_class() if gt is not None else None)
+        nest.slice(
+            next(self._order),
+            w.begin_before,
+            w.end_after,
+            "L2 measured window",
+            {"guest_counts": counted},
+            (),
+            False,
+        )
+        for start, end, title in (
+            (w.begin_before, w.begin_after, "L2 reads /proc/interrupts (before)"),
+            (w.end_before, w.end_after, "L2 reads /proc/interrupts (after)"),
+        ):
+            nest.slice(next(self._order), start, end, title, {}, (), False)
 
     def _describe(self, code: int | None, esr: int | None) -> tuple[str, tuple[str, str, str]]:
         """Exit slice title and the decoder's description of the exit (cached)."""
