@@ -161,10 +161,13 @@ def test_dump_nests_groups_flows_and_summarizes_long_counters() -> None:
 def test_summary_json_and_rendering_golden() -> None:
     summary = summarize(parse_trace(build()))
     full = {"complete_chains": 20, "partial_chains": 0, "source_checked": 20, "source_matches": 20}
+    none = {"merged_chains": 0, "unacknowledged": 0}
     assert summary["classes"] == {
-        "hardware": {"ground_truth": 20, **full},
-        "virtual": {"ground_truth": 10, **{k: v // 2 for k, v in full.items()}},
-        "ipi": {"ground_truth": 5, **{k: v // 4 for k, v in full.items()}},
+        "hardware": {"ground_truth": 20, **full, **none},
+        "virtual": {"ground_truth": 10, **{k: v // 2 for k, v in full.items()}, **none},
+        "ipi": {"ground_truth": 5, **{k: v // 4 for k, v in full.items()}, **none},
+        # No MSI in this recording: the class is there, at zero.
+        "msi": {"ground_truth": 0, "complete_chains": 0, "partial_chains": 0, **none},
     }
     assert summary["source_mismatches"] == []
     assert summary["phases_seen"] == ["A", "B", "C", "D", "E", "F"]

@@ -153,7 +153,13 @@ def test_summary_from_rows_alone() -> None:
     )
     s = summarize_table(table)
     assert s["kvm_mode"] == "nvhe" and s["scenario"] == "s"
-    assert s["classes"]["ipi"] == {"ground_truth": 1, "complete_chains": 1, "partial_chains": 0}
+    assert s["classes"]["ipi"] == {
+        "ground_truth": 1,
+        "complete_chains": 1,
+        "merged_chains": 0,
+        "partial_chains": 0,
+        "unacknowledged": 0,
+    }
     assert s["classes"]["hardware"]["partial_chains"] == 1
     assert s["phases_seen"] == list("ABCDEF")
     assert s["phase_latency_ns"]["hardware"]["A"]["p50"] == 10

@@ -133,7 +133,7 @@ def record(
     from tracekit.cli import err_console
     from tracekit.guest.assets import assets_for_kernel
     from tracekit.guest.runner import validate_request
-    from tracekit.model.summary import summarize_table
+    from tracekit.model.summary import matches, summarize_table
     from tracekit.model.table import table_of
     from tracekit.probes.select import choose_probe_set
     from tracekit.record.options import RecordOptions
@@ -219,11 +219,8 @@ def record(
         f"open with `tracekit open {out}`)",
         soft_wrap=True,
     )
-    mismatched = [
-        c
-        for c, v in summary["classes"].items()
-        if v["complete_chains"] != v["ground_truth"] or v["partial_chains"]
-    ]
+    # complete_chains + merged_chains != ground_truth, or any partial chain
+    mismatched = [c for c, v in summary["classes"].items() if not matches(v)]
     if result.ground_truth is not None:
         result.ground_truth.check()
     disagreed = {k: v for k, v in summary["inference"].items() if k.endswith(".disagreed") and v}

@@ -20,11 +20,11 @@ from typing import IO, Any
 
 from tracekit.export.layout import TrackLayout
 from tracekit.export.wire import TYPE_INSTANT
-from tracekit.model.chains import Chain, Entry, Exit
+from tracekit.model.chains import Chain, Entry, Exit, Unacked
 from tracekit.model.events import RawEvent
 from tracekit.model.l2truth import Window
 from tracekit.model.meta import RecordingMeta
-from tracekit.model.table import ChainRow, ExitRow, meta_args
+from tracekit.model.table import ChainRow, ExitRow, UnackedRow, meta_args
 from tracekit.model.vocabulary import Role, Value
 from tracekit.probes.spec import ExitDecoder
 
@@ -365,6 +365,12 @@ class Exporter(TrackLayout):
             {"l1_cpu": chain.ack.cpu},
             flows,
         )
+
+    def unacked(self, u: Unacked) -> None:
+        """A queue no acknowledgement claimed: an instant at the queue on its vCPU's
+        track, carrying its table row (``summary`` counts them per class)."""
+        row = UnackedRow.of(u)
+        self._vcpu(u.vcpu).instant(next(self._order), u.t, row.title, row.to_args(), ())
 
     def release(self, low: int) -> None:
         for nest in self.nests:

@@ -62,10 +62,11 @@ def export_events(
         meta = RecordingMeta.from_json(dict(meta), "recording metadata")
     ex = Exporter(out, decoder, meta, kvm_mode)
     builder = ChainBuilder(decoder, kvm_mode)
-    closed_exits, closed_entries, chains = (
+    closed_exits, closed_entries, chains, unacked = (
         builder.closed_exits,
         builder.closed_entries,
         builder.chains,
+        builder.unacked,
     )
     feed, raw, running = builder.feed, ex.raw, builder.running
     add, frame, instant_rests = ex.sink.add, ex.enc.frame, ex.instant_rests
@@ -101,6 +102,10 @@ def export_events(
             for c in chains:
                 ex.chain(c)
             chains.clear()
+        if unacked:
+            for u in unacked:
+                ex.unacked(u)
+            unacked.clear()
         if n % RELEASE_EVERY == 0:
             ex.resolve_in_guest(builder.exits_low_water())
             low = builder.low_water()
@@ -115,10 +120,13 @@ def export_events(
         ex.entry(e)
     for c in chains:
         ex.chain(c)
+    for u in unacked:
+        ex.unacked(u)
     counts = ex.finish(builder.now, builder.chain_count, builder.unknown_sources)
     counts["raw_events"] = n
     counts["chains"] = builder.chain_count
     counts["unmatched_acks"] = builder.unmatched_acks
+    counts["unacknowledged"] = builder.unacked_count
     return counts
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tracekit.model.vocabulary import KIND_CLASSES, PHASES, UNKNOWN_CLASS, Role
+from tracekit.model.vocabulary import FIRST_LPI, KIND_CLASSES, PHASES, UNKNOWN_CLASS, Role
 
 __all__ = [
     "Ack",
@@ -27,6 +27,7 @@ __all__ = [
     "Exit",
     "Reconstruction",
     "Span",
+    "Unacked",
     "classify",
 ]
 
@@ -39,12 +40,14 @@ SOURCE_KINDS: dict[str, str] = {
     Role.SOURCE_IRQFD.value: "irqfd",
     Role.SOURCE_IRQ_LINE.value: "irq_line",
     Role.SOURCE_SGI.value: "sgi",
+    Role.SOURCE_MSI.value: "msi",
 }
 SOURCE_LABELS = {
     "timer": "arch timer",
     "irqfd": "irqfd (KVM_IRQFD)",
     "irq_line": "KVM_IRQ_LINE",
     "sgi": "SGI (ICC_SGI1R_EL1 trap)",
+    "msi": "MSI via the ITS",
     "": "source unknown",
 }
 #: ICH_LR state bit 62 = pending (sysreg.h:888-899).
@@ -167,6 +170,10 @@ class Chain:
     #: The source's kind (SOURCE_KINDS; "" when unknown) and the function A starts in.
     source_kind: str = ""
     source_function: str = ""
+    #: Further queues that made (INTID, vCPU) pending while this chain's queue still was,
+    #: before its acknowledgement: the guest acknowledged them once ("merged", a re-queue
+    #: or a level interrupt re-asserted before its ack; docs/phases.md).
+    merged_queues: int = 0
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -175,6 +182,24 @@ class Chain:
     @property
     def complete(self) -> bool:
         return not self.missing
+
+
+@dataclass(frozen=True)
+class Unacked:
+    """A pending queue no acknowledgement claimed: at the end of the recording, or dropped
+    after ``max_pending_ns`` (docs/phases.md, "What a real OS adds")."""
+
+    #: The queue's time (``vgic_queue_irq_unlock``) and the CPU it ran on.
+    t: int
+    cpu: int
+    intid: int
+    vcpu: int
+    cls: str
+    #: The source's kind ("" unknown), its function and label, as a chain's would be.
+    source_kind: str = ""
+    source_function: str = ""
+    source: str = ""
+    merged_queues: int = 0
 
 
 @dataclass
@@ -188,14 +213,19 @@ class Reconstruction:
     unmatched_acks: int = 0
     #: Pending injections dropped unacknowledged after ``max_pending_ns`` (incremental.py).
     dropped_pending: int = 0
+    #: Every pending queue no acknowledgement claimed (dropped, or open at the end).
+    unacknowledged: list[Unacked] = field(default_factory=list)
 
 
 def classify(intid: int, kind: str) -> str:
     """A chain's class from what the recording saw: its source's kind, else the INTID's
-    range when that alone decides (0..15 are SGIs), else ``unknown``. Never from the
-    workload's report, which only checks it."""
+    range when that alone decides (0..15 are SGIs, 8192 and above LPIs, which only the
+    ITS makes: MSIs), else ``unknown``. Never from the workload's report, which only
+    checks it."""
     if kind:
         return KIND_CLASSES[kind]
     if intid < 16:
         return "ipi"
+    if intid >= FIRST_LPI:
+        return "msi"
     return UNKNOWN_CLASS

@@ -16,6 +16,9 @@ from typing import Any
 from tracekit.errors import GroundTruthError
 from tracekit.model.vocabulary import CLASSES
 
+#: The classes ``per_class`` lists even at zero: those recordings have always listed.
+_ALWAYS_LISTED = CLASSES[:3]
+
 __all__ = [
     "GROUND_TRUTH_PREFIX",
     "ExceptionCount",
@@ -64,8 +67,10 @@ class GroundTruth:
     l2_ticks: Mapping[str, int]
 
     def per_class(self) -> dict[str, int]:
-        """Acknowledged interrupts per class (every class present, zero when unused)."""
-        totals = dict.fromkeys(CLASSES, 0)
+        """Acknowledged interrupts per class: the first three classes always (zero when
+        unused), any other (``msi``, added later) only when it occurs, so that a meta.json
+        written before it reads and writes back byte for byte."""
+        totals = dict.fromkeys(_ALWAYS_LISTED, 0)
         for irq in self.interrupts:
             totals[irq.cls] = totals.get(irq.cls, 0) + irq.acked
         return totals

@@ -11,7 +11,9 @@ What makes them streamable:
   the first pending ``vgic_queue_irq_unlock`` since the previous acknowledgement is kept,
   with its source resolved on the spot: the queue's own call stack names the source
   function that called it, and that function's activation (its frame record, recorded
-  stop-free) gives A's start, on whatever CPU it ran (docs/phases.md, "Sources").
+  stop-free) gives A's start, on whatever CPU it ran (docs/phases.md, "Sources"). A later
+  pending queue of the same key before the acknowledgement is *merged* into it (counted
+  in its chain's ``merged_queues``: the guest acknowledges them once).
 * at the acknowledgement every *choice* of the chain is already fixed (its queue, the
   entry whose list registers carry it, the delivering entry, the last real exit before
   that entry), because each one lies before the acknowledgement. Some *values* may still
@@ -26,7 +28,8 @@ exits of each vCPU back to the oldest pending queue of that vCPU, one pending qu
 claims within ``max_pending_ns`` of timeline is dropped (counted in ``dropped_pending``):
 an acknowledgement after that finds no source, its chain has no A phase and counts as
 unmatched, exactly as an acknowledgement without any queue. That bound keeps a recording
-with a lost acknowledgement from holding every later entry of that vCPU.
+with a lost acknowledgement from holding every later entry of that vCPU. A dropped queue,
+and every queue still pending at ``finish``, is an :class:`Unacked` record (``unacked``).
 
 Input must be sorted by time (the merge writes it so); a step back raises TraceFileError.
 
@@ -55,10 +58,11 @@ from tracekit.model.chains import (
     Exit,
     Reconstruction,
     Span,
+    Unacked,
     classify,
 )
 from tracekit.model.events import RawEvent
-from tracekit.model.vocabulary import FRAME_POINTERS, SOURCE_MARK, Role, Value
+from tracekit.model.vocabulary import FIRST_LPI, FRAME_POINTERS, SOURCE_MARK, Role, Value
 from tracekit.probes.spec import ExitDecoder
 
 __all__ = ["DEFAULT_MAX_PENDING_NS", "ChainBuilder", "reconstruct"]
@@ -113,6 +117,8 @@ class _Queued:
     #: For an SGI: whether the sender's trapping exit is known yet, and its start.
     trap_done: bool = True
     trap_start: int | None = None
+    #: Later pending queues of the same (INTID, vCPU) before its acknowledgement.
+    merged: int = 0
 
 
 @dataclass
@@ -161,6 +167,11 @@ class ChainBuilder:
         self.all_acks: list[Ack] = []
         self.unmatched_acks = 0
         self.dropped_pending = 0
+        #: Pending queues no acknowledgement claimed (dropped after ``max_pending_ns``,
+        #: or open at ``finish``), since the last ``take()``; with ``keep_all``, all.
+        self.unacked: list[Unacked] = []
+        self.all_unacked: list[Unacked] = []
+        self.unacked_count = 0
         #: vCPU running on each CPU (set by an entry's eret).
         self.running: dict[int, int] = {}
         self.now = -1
@@ -263,6 +274,11 @@ class ChainBuilder:
             self.closed_entries.append(ent)
         self._open_entry.clear()
         self._finish_ready(final=True)
+        left = [st.queued for st in self._keys.values() if st.queued is not None]
+        for st in self._keys.values():
+            st.queued = None
+        for q in sorted(left, key=lambda q: (q.ev.t, q.vcpu, q.ev.values.get(_INTID, -1))):
+            self._unacked(q)
 
     @property
     def chain_count(self) -> int:
@@ -515,7 +531,8 @@ class ChainBuilder:
 
     def _ack_event(self, ev: RawEvent) -> None:
         intid = ev.values.get(_INTID)
-        if intid is not None and intid < 1020:  # 1020..1023 are special/spurious
+        # 1020..1023 are special (spurious), 1024..8191 reserved; LPIs start at 8192.
+        if intid is not None and (intid < 1020 or intid >= FIRST_LPI):
             cpu = ev.cpu
             self._ack(Ack(ev.t, cpu, self.running.get(cpu, -1), intid))
 
@@ -569,9 +586,12 @@ class ChainBuilder:
         if st is None:
             st = self._keys[(intid, vcpu)] = _KeyState()
         if st.queued is not None and self.now - st.queued.ev.t > self.max_pending_ns:
-            st.queued = None
-            self.dropped_pending += 1
-        if st.queued is not None or ev.t <= st.prev_ack_t:
+            self._drop(st)
+        if st.queued is not None:
+            # Pending already: the guest will acknowledge both at once (a merged chain).
+            st.queued.merged += 1
+            return
+        if ev.t <= st.prev_ack_t:
             return
         t = ev.t
         source = self._source_of(ev)
@@ -643,6 +663,33 @@ class ChainBuilder:
         if found.role == _SOURCE_SGI:
             sender, sgi1r = found.values.get(_VCPU), found.values.get(_SGI1R)
         return found.t, found.role, sender, sgi1r, found.name, found.cpu
+
+    def _drop(self, st: _KeyState) -> None:
+        """A pending queue no acknowledgement claimed within ``max_pending_ns``."""
+        q = st.queued
+        assert q is not None
+        st.queued = None
+        self.dropped_pending += 1
+        self._unacked(q)
+
+    def _unacked(self, q: _Queued) -> None:
+        intid = q.ev.values.get(_INTID, -1)
+        kind = SOURCE_KINDS.get(q.source_role, "")
+        u = Unacked(
+            q.ev.t,
+            q.ev.cpu,
+            intid,
+            q.vcpu,
+            classify(intid, kind),
+            kind,
+            q.source_function,
+            SOURCE_LABELS[kind],
+            q.merged,
+        )
+        self.unacked.append(u)
+        self.unacked_count += 1
+        if self.keep_all:
+            self.all_unacked.append(u)
 
     def _unknown(self, why: str) -> None:
         self.unknown_sources[why] = self.unknown_sources.get(why, 0) + 1
@@ -793,6 +840,7 @@ class ChainBuilder:
             reason,
             kind,
             function,
+            q.merged if q is not None else 0,
         )
 
     # -- pruning -------------------------------------------------------------------------
@@ -804,8 +852,7 @@ class ChainBuilder:
             q = st.queued
             if v == vcpu and q is not None:
                 if self.now - q.ev.t > self.max_pending_ns:
-                    st.queued = None
-                    self.dropped_pending += 1
+                    self._drop(st)
                 else:
                     floor = min(floor, q.ev.t)
         return floor
@@ -859,4 +906,5 @@ def reconstruct(
         kvm_mode,
         builder.unmatched_acks,
         builder.dropped_pending,
+        sorted(builder.all_unacked, key=lambda u: (u.t, u.vcpu, u.intid)),
     )

@@ -9,16 +9,29 @@ metadata (ground truth, versions, KVM mode). ``summary`` reads the table back fr
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tracekit.model.ground_truth import GroundTruth
 from tracekit.model.meta import RecordingMeta
-from tracekit.model.table import ChainTable
+from tracekit.model.table import ChainRow, ChainTable, UnackedRow
 from tracekit.model.trace import TraceContent
 from tracekit.model.vocabulary import CLASSES, PHASES
 
-__all__ = ["percentile", "summarize", "summarize_table"]
+__all__ = ["COUNT_KEYS", "class_counts", "matches", "percentile", "summarize", "summarize_table"]
+
+#: Per class, what ``class_counts`` reports (docs/phases.md, "What a real OS adds"):
+#: the workload's count, complete chains of one queue, complete chains that absorbed
+#: further queues (merged), chains missing a phase (merged or not), and queues never
+#: acknowledged. A recording matches its ground truth when complete + merged equals it
+#: and nothing is partial (``matches``).
+COUNT_KEYS = (
+    "ground_truth",
+    "complete_chains",
+    "merged_chains",
+    "partial_chains",
+    "unacknowledged",
+)
 
 
 def percentile(sorted_values: Sequence[int], q: float) -> int:
@@ -52,6 +65,46 @@ def _workload_kinds(gt: GroundTruth | None, names: Mapping[str, str]) -> dict[tu
     return out
 
 
+def class_counts(
+    chains: Iterable[ChainRow],
+    unacked: Iterable[UnackedRow],
+    gt: Mapping[str, int],
+) -> dict[str, dict[str, int]]:
+    """Per class (every one of ``CLASSES``, then any other a row names, e.g. ``unknown``),
+    the counts of ``COUNT_KEYS`` over the given rows; ``gt`` is the ground truth per
+    class. Pass only the rows of a time window to count that window."""
+    out: dict[str, dict[str, int]] = {c: _zero(gt.get(c, 0)) for c in CLASSES}
+    for row in chains:
+        entry = out.get(row.cls)
+        if entry is None:
+            entry = out[row.cls] = _zero(gt.get(row.cls, 0))
+        if not row.complete:
+            entry["partial_chains"] += 1
+        elif row.merged_queues:
+            entry["merged_chains"] += 1
+        else:
+            entry["complete_chains"] += 1
+    for u in unacked:
+        entry = out.get(u.cls)
+        if entry is None:
+            entry = out[u.cls] = _zero(gt.get(u.cls, 0))
+        entry["unacknowledged"] += 1
+    return out
+
+
+def _zero(gt: int) -> dict[str, int]:
+    return {k: gt if k == "ground_truth" else 0 for k in COUNT_KEYS}
+
+
+def matches(counts: Mapping[str, int]) -> bool:
+    """A class's chains account for its ground truth: every acknowledged interrupt is a
+    complete chain (of one queue or merged) and none is partial."""
+    return (
+        counts["complete_chains"] + counts["merged_chains"] == counts["ground_truth"]
+        and not counts["partial_chains"]
+    )
+
+
 def summarize(content: TraceContent) -> dict[str, Any]:
     """``tracekit summary`` of a trace read back: its table's summary and what reading
     the file found wrong. A trace without a table is a TraceFileError saying what to do."""
@@ -66,10 +119,7 @@ def summarize_table(table: ChainTable) -> dict[str, Any]:
     meta = table.meta or RecordingMeta()
     gt = meta.ground_truth
     per_class_gt = gt.per_class() if gt is not None else {}
-    classes: dict[str, dict[str, int]] = {
-        c: {"ground_truth": per_class_gt.get(c, 0), "complete_chains": 0, "partial_chains": 0}
-        for c in CLASSES
-    }
+    classes = class_counts(table.chains, table.unacknowledged, per_class_gt)
     latency: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     seen: set[str] = set()
     busiest: Counter[tuple[int, int, str]] = Counter()
@@ -78,11 +128,8 @@ def summarize_table(table: ChainTable) -> dict[str, Any]:
     mismatches: Counter[tuple[int, int, str, str]] = Counter()
     for row in table.chains:
         cls = row.cls
-        entry = classes.setdefault(
-            cls, {"ground_truth": 0, "complete_chains": 0, "partial_chains": 0}
-        )
+        entry = classes[cls]
         complete = row.complete
-        entry["complete_chains" if complete else "partial_chains"] += 1
         if complete:
             length = row.length_ns
             if length > slowest.get(cls, (-1, 0))[0]:

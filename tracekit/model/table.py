@@ -7,7 +7,8 @@ the recording's metadata. Nothing outside this module builds or parses an argume
 
 Where the rows live in the ``.pftrace``: as the debug annotations of the chain slice and
 the exit slice the exporter already writes, each marked ``tracekit.row = "chain"`` or
-``"exit"``, and the schema's version as ``tracekit.table`` on the "tracekit recording"
+``"exit"`` (and an unacknowledged queue's row on its instant on the vCPU's track, marked
+``"unacknowledged"``), and the schema's version as ``tracekit.table`` on the "tracekit recording"
 instant (which also carries the metadata as ``tracekit.meta``). Why not a track of its
 own with one instant per row: the annotations are what the Perfetto UI shows when a
 slice is clicked, so the table stays readable there and queryable with SQL on the slices
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracekit.errors import TraceFileError
-from tracekit.model.chains import Chain, Exit, Reconstruction
+from tracekit.model.chains import Chain, Exit, Reconstruction, Unacked
 from tracekit.model.meta import RecordingMeta
 from tracekit.model.vocabulary import PHASES
 
@@ -45,11 +46,13 @@ __all__ = [
     "META_KEYS",
     "ROW_ARG",
     "SCHEMA_VERSION",
+    "UNACKED_ROW",
     "VERSION_ARG",
     "ChainRow",
     "ChainTable",
     "Describe",
     "ExitRow",
+    "UnackedRow",
     "meta_args",
     "meta_json",
     "phase_of",
@@ -68,6 +71,8 @@ META_ARG = "tracekit.meta"
 #: slices, like ``explain``, finds a chain's slice by ``args[ROW_ARG] == CHAIN_ROW``).
 ROW_ARG = "tracekit.row"
 CHAIN_ROW, EXIT_ROW = "chain", "exit"
+#: An unacknowledged queue's row: on an instant (the queue's time, its vCPU's track).
+UNACKED_ROW = "unacknowledged"
 #: The meta.json keys a trace keeps (what summary and explain read of the recording):
 #: fields of :class:`~tracekit.model.meta.RecordingMeta`.
 META_KEYS = (
@@ -168,6 +173,14 @@ class ChainRow:
     sgi1r: int | None = None
     #: Phase -> duration in ns, for the phases the recording saw.
     phase_ns: Mapping[str, int] = field(default_factory=dict)
+    #: Queues the acknowledgement absorbed beyond the first (``Chain.merged_queues``);
+    #: written only when not 0, and 0 when absent (traces from before it read back).
+    merged_queues: int = 0
+
+    @property
+    def merged(self) -> bool:
+        """Two queues or more, one acknowledgement (docs/phases.md)."""
+        return self.merged_queues > 0
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -199,6 +212,7 @@ class ChainRow:
             chain.sender_vcpu,
             chain.sgi1r,
             {p: s.end - s.start for p, s in chain.phases.items()},
+            chain.merged_queues,
         )
 
     def to_args(self) -> dict[str, Any]:
@@ -222,6 +236,7 @@ class ChainRow:
             "source_l1_cpu": self.source_cpu,
             "sender_vcpu": self.sender_vcpu,
             "sgi1r": f"{self.sgi1r:#x}" if self.sgi1r is not None else None,
+            "merged_queues": self.merged_queues or None,
             **_phase_args(self.phase_ns),
         }
 
@@ -242,7 +257,10 @@ class ChainRow:
             _opt_int(args, "sender_vcpu"),
             _hex(args, "sgi1r"),
             _phases(args, PHASES),
+            _opt_int(args, "merged_queues") or 0,
         )
+        if row.merged_queues < 0:
+            raise ValueError(f"chain {row.id}: merged_queues is {row.merged_queues}")
         if args.get("complete") is not row.complete or _str(args, "missing") != ",".join(
             row.missing
         ):
@@ -323,6 +341,69 @@ class ExitRow:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class UnackedRow:
+    """A pending queue no acknowledgement claimed (``chains.Unacked``): its time, the
+    interrupt, its class and source as a chain's would be, and the queues merged into it."""
+
+    t: int
+    intid: int
+    vcpu: int
+    cls: str
+    source: str = ""
+    source_kind: str = ""
+    source_function: str = ""
+    cpu: int | None = None
+    merged_queues: int = 0
+
+    @classmethod
+    def of(cls, u: Unacked) -> UnackedRow:
+        return cls(
+            u.t,
+            u.intid,
+            u.vcpu,
+            u.cls,
+            u.source,
+            u.source_kind,
+            u.source_function,
+            u.cpu,
+            u.merged_queues,
+        )
+
+    @property
+    def title(self) -> str:
+        """The instant's title: ``unacknowledged INTID n (source)``."""
+        return f"unacknowledged INTID {self.intid} ({self.source or 'source unknown'})"
+
+    def to_args(self) -> dict[str, Any]:
+        return {
+            ROW_ARG: UNACKED_ROW,
+            "t": self.t,
+            "intid": self.intid,
+            "vcpu": self.vcpu,
+            "class": self.cls,
+            "source": self.source or None,
+            "source_kind": self.source_kind or None,
+            "source_function": self.source_function or None,
+            "l1_cpu": self.cpu,
+            "merged_queues": self.merged_queues or None,
+        }
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> UnackedRow:
+        return cls(
+            _int(args, "t"),
+            _int(args, "intid"),
+            _int(args, "vcpu"),
+            _str(args, "class"),
+            _str(args, "source"),
+            _str(args, "source_kind"),
+            _str(args, "source_function"),
+            _opt_int(args, "l1_cpu"),
+            _opt_int(args, "merged_queues") or 0,
+        )
+
+
 # -- the table ------------------------------------------------------------------------------
 
 
@@ -361,6 +442,8 @@ class ChainTable:
     version: int = 0
     chains: tuple[ChainRow, ...] = ()
     exits: tuple[ExitRow, ...] = ()
+    #: Pending queues no acknowledgement claimed, in time order.
+    unacknowledged: tuple[UnackedRow, ...] = ()
 
     def required(self, source: str = "trace") -> ChainTable:
         """This table, or the one-line error that says why ``source`` has none."""
@@ -411,17 +494,26 @@ def _exit_key(row: ExitRow) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def _unacked_key(row: UnackedRow) -> tuple[Any, ...]:
+    return (row.t, row.vcpu, row.intid, row.cpu is None, row.cpu or 0, row.cls, row.source)
+
+
 def _canonical(
     meta: RecordingMeta | None,
     version: int,
     chains: Iterable[ChainRow],
     exits: Iterable[ExitRow],
+    unacked: Iterable[UnackedRow] = (),
 ) -> ChainTable:
     """The table in its one order, whoever builds it: a reader sees rows in order of their
     slices' end packets, a reconstruction closes chains and exits in its own order (and
     summary's ties, e.g. the slowest chain, go to the first row)."""
     return ChainTable(
-        meta, version, tuple(sorted(chains, key=_by_id)), tuple(sorted(exits, key=_exit_key))
+        meta,
+        version,
+        tuple(sorted(chains, key=_by_id)),
+        tuple(sorted(exits, key=_exit_key)),
+        tuple(sorted(unacked, key=_unacked_key)),
     )
 
 
@@ -434,6 +526,7 @@ def table_of(recon: Reconstruction, describe: Describe, meta: RecordingMeta) -> 
         SCHEMA_VERSION,
         (ChainRow.of(c) for c in recon.chains),
         (r for r in exits if r is not None),
+        (UnackedRow.of(u) for u in recon.unacknowledged),
     )
 
 
@@ -442,10 +535,12 @@ def read_table(
 ) -> tuple[ChainTable, list[str]]:
     """The table from the annotations of a trace's instants and slices (file order), and
     a problem per annotation that does not fit the schema (skipped, not fatal: a damaged
-    trace still summarizes what is readable)."""
+    trace still summarizes what is readable). Chain and exit rows are on slices,
+    unacknowledged queues on instants."""
     problems: list[str] = []
     meta: RecordingMeta | None = None
     version = 0
+    instants = list(instants)
     for args in instants:
         if META_ARG not in args:
             continue
@@ -459,8 +554,20 @@ def read_table(
         break
     chains: list[ChainRow] = []
     exits: list[ExitRow] = []
+    unacked: list[UnackedRow] = []
     if version != SCHEMA_VERSION:  # rows of another schema would be misread
         return ChainTable(meta, version), problems
+    for args in instants:
+        kind = args.get(ROW_ARG)
+        if kind is None:
+            continue
+        try:
+            if kind == UNACKED_ROW:
+                unacked.append(UnackedRow.from_args(args))
+            else:
+                problems.append(f"unknown table row kind {kind!r} on an instant")
+        except ValueError as exc:
+            problems.append(f"{kind} row unreadable: {exc}")
     for args in slices:
         kind = args.get(ROW_ARG)
         if kind is None:
@@ -474,4 +581,4 @@ def read_table(
                 problems.append(f"unknown table row kind {kind!r}")
         except ValueError as exc:
             problems.append(f"{kind} row unreadable: {exc}")
-    return _canonical(meta, version, chains, exits), problems
+    return _canonical(meta, version, chains, exits, unacked), problems

@@ -18,6 +18,7 @@ import enum
 
 __all__ = [
     "CLASSES",
+    "FIRST_LPI",
     "FRAME_POINTERS",
     "GIC_ROLES",
     "KIND_CLASSES",
@@ -33,11 +34,20 @@ __all__ = [
 #: The mission's phases, in order (docs/phases.md).
 PHASES = ("A", "B", "C", "D", "E", "F")
 #: Interrupt classes of the mission, in display order.
-CLASSES = ("hardware", "virtual", "ipi")
+CLASSES = ("hardware", "virtual", "ipi", "msi")
 #: A chain whose source the recording could not name, and whose INTID does not say.
 UNKNOWN_CLASS = "unknown"
 #: The mission's class of each source kind (``SOURCE_KINDS`` in model/chains.py).
-KIND_CLASSES = {"timer": "hardware", "irqfd": "virtual", "irq_line": "virtual", "sgi": "ipi"}
+KIND_CLASSES = {
+    "timer": "hardware",
+    "irqfd": "virtual",
+    "irq_line": "virtual",
+    "sgi": "ipi",
+    "msi": "msi",
+}
+#: The first LPI INTID: only the ITS makes them (GICv3: 1020..1023 are special, 1024..8191
+#: reserved), so an LPI's class is ``msi`` whatever its source.
+FIRST_LPI = 8192
 
 
 class _Word(enum.StrEnum):
@@ -66,6 +76,11 @@ class Role(_Word):
     SOURCE_IRQFD = "source_irqfd", "an irqfd injection (irqfd_wakeup, irqfd_inject)"
     SOURCE_IRQ_LINE = "source_irq_line", "KVM_IRQ_LINE (kvm_vm_ioctl_irq_line)"
     SOURCE_SGI = "source_sgi", "an SGI the guest sent (vgic_v3_dispatch_sgi)"
+    SOURCE_MSI = (
+        "source_msi",
+        "an MSI translated by the virtual ITS"
+        " (vgic_its_inject_cached_translation, vgic_its_inject_msi)",
+    )
     INJECT = "inject", "kvm_vgic_inject_irq"
     QUEUE = "queue", "vgic_queue_irq_unlock: the interrupt becomes pending for a vCPU"
     KICK = "kick", "kvm_vcpu_kick"
@@ -119,6 +134,10 @@ class Value(_Word):
     EXIT_CODE = "exit_code", "the exit code (ARM_EXCEPTION_*)"
     ESR = "esr", "the exception syndrome (ESR_EL2)"
     SGI1R = "sgi1r", "the ICC_SGI1R_EL1 value an SGI's sender wrote"
+    # an MSI (struct kvm_msi) and an MMIO abort
+    DEVID = "devid", "the MSI's device ID (kvm_msi.devid)"
+    EVENTID = "eventid", "the MSI's event ID (kvm_msi.data)"
+    FAULT_IPA = "fault_ipa", "the IPA of an MMIO abort (io_mem_abort's fault_ipa)"
     # the queue's call stack (ret<k>/fp<k>: k frames up) and a source's activation
     RET1 = "ret1", "return address 1 frame up"
     RET2 = "ret2", "return address 2 frames up"

@@ -8,6 +8,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from tracekit.model.summary import matches as matches_ground_truth
+
 __all__ = ["render_summary"]
 
 PHASE_NAMES = {
@@ -36,16 +38,27 @@ def render_summary(s: dict[str, Any], width: int = 30) -> RenderableType:
     if s.get("incomplete_reason"):
         parts.append(Text(f"INCOMPLETE: {s['incomplete_reason']}", style="bold red"))
     t = Table(title="interrupt chains against the workload's ground truth")
-    for col in ("class", "ground truth", "complete A–F", "partial", "", "source matches workload"):
+    for col in (
+        "class",
+        "ground truth",
+        "complete A–F",
+        "merged",
+        "partial",
+        "unacked",
+        "",
+        "source = workload",
+    ):
         t.add_column(col, justify="left" if col in ("class", "") else "right")
     for cls, c in s["classes"].items():
-        ok = c["complete_chains"] == c["ground_truth"] and c["partial_chains"] == 0
+        ok = matches_ground_truth(c)
         checked, matches = c.get("source_checked", 0), c.get("source_matches", 0)
         t.add_row(
             cls,
             str(c["ground_truth"]),
             str(c["complete_chains"]),
+            str(c.get("merged_chains", 0)),
             str(c["partial_chains"]),
+            str(c.get("unacknowledged", 0)),
             "[green]match[/]" if ok else "[red]differs[/]",
             (
                 f"[green]{matches}/{checked}[/]"
