@@ -133,7 +133,7 @@ def record(
     from tracekit.cli import err_console
     from tracekit.guest.assets import assets_for_kernel
     from tracekit.guest.runner import validate_request
-    from tracekit.model.summary import matches, summarize_table
+    from tracekit.model.summary import matches, summarize_table, window_matches
     from tracekit.model.table import table_of
     from tracekit.probes.select import choose_probe_set
     from tracekit.record.options import RecordOptions
@@ -220,7 +220,11 @@ def record(
         soft_wrap=True,
     )
     # complete_chains + merged_chains != ground_truth, or any partial chain
-    mismatched = [c for c, v in summary["classes"].items() if not matches(v)]
+    l2 = summary.get("l2_window")
+    if l2 is not None:  # a Linux L2: its window, up to the snapshots' brackets
+        mismatched = [c for c, v in summary["classes"].items() if not window_matches(v)]
+    else:
+        mismatched = [c for c, v in summary["classes"].items() if not matches(v)]
     if result.ground_truth is not None:
         result.ground_truth.check()
     disagreed = {k: v for k, v in summary["inference"].items() if k.endswith(".disagreed") and v}
@@ -238,6 +242,18 @@ def record(
         )
     if plugin_values:
         _check_plugin_values(merged, read_values)
+    if l2 is not None:
+        err_console.print(
+            f"L2's own counts: {len(l2['intids'])} (INTID, vCPU) compared over the window, "
+            f"{l2['exact']} exactly, {sum(r['ok'] for r in l2['intids']) - l2['exact']} "
+            "within a snapshot's bracket"
+        )
+        if not l2["ok"]:
+            raise GroundTruthError(
+                "the recording's acknowledgements differ from L2's own counts: "
+                + "; ".join(l2["differences"][:3] or ["no (INTID, vCPU) to compare"])
+                + f" (see {out})"
+            )
     if mismatched:
         raise GroundTruthError(
             f"chains differ from the ground truth for {', '.join(mismatched)} (see {out})"

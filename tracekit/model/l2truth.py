@@ -92,7 +92,7 @@ def window_of(events: Iterable[RawEvent]) -> Window | None:
     for ev in events:
         if ev.name != _IO_MEM_ABORT:
             continue
-        ipa = ev.values.get("fault_ipa")
+        ipa = ev.values.get(Value.FAULT_IPA.value)
         if ipa is None or not MARK_IPA <= ipa < MARK_IPA + 32:
             continue
         name = MARK_NAMES.get(ipa - MARK_IPA)
@@ -121,8 +121,9 @@ def msi_routes(events: Iterable[RawEvent]) -> dict[tuple[int, int], int]:
     its CPU. Two LPIs for one MSI is a GroundTruthError (the ITS maps each to one)."""
     open_msi: dict[int, tuple[int, int]] = {}
     routes: dict[tuple[int, int], int] = {}
-    source_msi, queue = "source_msi", Role.QUEUE.value
-    devid_key, eventid_key, intid_key = "devid", "eventid", Value.INTID.value
+    source_msi, queue = Role.SOURCE_MSI.value, Role.QUEUE.value
+    devid_key, eventid_key = Value.DEVID.value, Value.EVENTID.value
+    intid_key = Value.INTID.value
     for ev in events:
         if ev.role == source_msi:
             devid, eventid = ev.values.get(devid_key), ev.values.get(eventid_key)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tracekit.model.ground_truth import GroundTruth
+from tracekit.model.l2truth import Window, check_window
 from tracekit.model.meta import RecordingMeta
 from tracekit.model.table import ChainRow, ChainTable, UnackedRow
 from tracekit.model.trace import TraceContent
@@ -119,7 +120,12 @@ def summarize_table(table: ChainTable) -> dict[str, Any]:
     meta = table.meta or RecordingMeta()
     gt = meta.ground_truth
     per_class_gt = gt.per_class() if gt is not None else {}
-    classes = class_counts(table.chains, table.unacknowledged, per_class_gt)
+    window = meta.l2_window
+    l2: dict[str, Any] | None = None
+    if window is None:
+        classes = class_counts(table.chains, table.unacknowledged, per_class_gt)
+    else:
+        classes, l2 = _l2_window(table, window, gt)
     latency: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     seen: set[str] = set()
     busiest: Counter[tuple[int, int, str]] = Counter()
@@ -163,7 +169,8 @@ def summarize_table(table: ChainTable) -> dict[str, Any]:
         for k, v in sorted(exits.items(), key=lambda kv: (-len(kv[1]), kv[0]))
     ]
     time_in_phase = {p: sum(sum(latency[c][p]) for c in latency) for p in PHASES}
-    return {
+    names = l2_names(gt) if window is not None else {}
+    out: dict[str, Any] = {
         "scenario": meta.scenario,
         # A table without metadata (not a tracekit trace's) has no mode to tell.
         "kvm_mode": meta.kvm_mode if table.meta is not None else "unknown",
@@ -178,7 +185,7 @@ def summarize_table(table: ChainTable) -> dict[str, Any]:
         },
         "exits": {"total": sum(r["count"] for r in by_reason), "by_reason": by_reason},
         "busiest_intids": [
-            {"intid": k[0], "vcpu": k[1], "class": k[2], "chains": n}
+            _busy(k, n, names)
             for k, n in sorted(busiest.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
         ],
         "time_in_phase_ns": time_in_phase,
@@ -190,3 +197,73 @@ def summarize_table(table: ChainTable) -> dict[str, Any]:
             for k, n in sorted(mismatches.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
         ],
     }
+    if l2 is not None:
+        out["l2_window"] = l2
+    return out
+
+
+def _busy(key: tuple[int, int, str], chains: int, names: Mapping[int, str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"intid": key[0], "vcpu": key[1], "class": key[2], "chains": chains}
+    if key[0] in names:
+        row["name"] = names[key[0]]
+    return row
+
+
+def l2_names(gt: GroundTruth | None) -> dict[int, str]:
+    """INTID -> the Linux L2's own name for it (``virtio0-req.0``, ``arch_timer``): the
+    guest's IRQ names, MSIs by the LPI the recording saw them translated to."""
+    if gt is None:
+        return {}
+    return {i.intid: i.source for i in gt.interrupts if i.intid >= 0 and i.source}
+
+
+def _l2_window(
+    table: ChainTable, window: Window, gt: GroundTruth | None
+) -> tuple[dict[str, dict[str, int]], dict[str, Any]]:
+    """A Linux L2's recording: the classes counted over the measured window (chains by
+    their acknowledgement, unacknowledged queues by their time) and the per-(INTID, vCPU)
+    check against the guest's own counts (model/l2truth.py)."""
+    inner = [r for r in table.chains if r.ack_ns is not None and window.place(r.ack_ns) == "inner"]
+    unacked = [u for u in table.unacknowledged if window.place(u.t) == "inner"]
+    per_class_gt = gt.per_class() if gt is not None else {}
+    classes = class_counts(inner, unacked, per_class_gt)
+    bracketed = [
+        r for r in table.chains if r.ack_ns is not None and window.place(r.ack_ns) == "bracket"
+    ]
+    for c in classes.values():
+        c["bracketed"] = 0
+    for r in bracketed:
+        classes.setdefault(r.cls, {})["bracketed"] = classes.get(r.cls, {}).get("bracketed", 0) + 1
+    acks = [(r.ack_ns, r.intid, r.vcpu) for r in table.chains if r.ack_ns is not None]
+    checks = check_window(gt, window, acks) if gt is not None else []
+    return classes, {
+        "window_ns": window.end_before - window.begin_after,
+        "brackets_ns": [
+            window.begin_after - window.begin_before,
+            window.end_after - window.end_before,
+        ],
+        "ok": bool(checks) and all(c.ok for c in checks),
+        "exact": sum(c.exact for c in checks),
+        "intids": [
+            {
+                "intid": c.intid,
+                "vcpu": c.vcpu,
+                "class": c.cls,
+                "name": c.name,
+                "guest": c.guest,
+                "recorded": c.inner,
+                "bracketed": c.bracketed,
+                "ok": c.ok,
+            }
+            for c in checks
+        ],
+        "differences": [c.describe() for c in checks if not c.ok][:10],
+    }
+
+
+def window_matches(counts: Mapping[str, int]) -> bool:
+    """A class of a Linux L2's window: its chains account for the guest's count, up to
+    the acknowledgements that fell in a snapshot's bracket, and none is partial."""
+    acked = counts["complete_chains"] + counts["merged_chains"]
+    gt = counts["ground_truth"]
+    return acked <= gt <= acked + counts.get("bracketed", 0) and not counts["partial_chains"]

@@ -176,6 +176,9 @@ class ChainRow:
     #: Queues the acknowledgement absorbed beyond the first (``Chain.merged_queues``);
     #: written only when not 0, and 0 when absent (traces from before it read back).
     merged_queues: int = 0
+    #: The acknowledgement's L1 time (ns): what a Linux L2's window counts by
+    #: (model/l2truth.py). None in traces from before it.
+    ack_ns: int | None = None
 
     @property
     def merged(self) -> bool:
@@ -213,6 +216,7 @@ class ChainRow:
             chain.sgi1r,
             {p: s.end - s.start for p, s in chain.phases.items()},
             chain.merged_queues,
+            chain.ack.t,
         )
 
     def to_args(self) -> dict[str, Any]:
@@ -237,6 +241,7 @@ class ChainRow:
             "sender_vcpu": self.sender_vcpu,
             "sgi1r": f"{self.sgi1r:#x}" if self.sgi1r is not None else None,
             "merged_queues": self.merged_queues or None,
+            "ack_ns": self.ack_ns,
             **_phase_args(self.phase_ns),
         }
 
@@ -258,6 +263,7 @@ class ChainRow:
             _hex(args, "sgi1r"),
             _phases(args, PHASES),
             _opt_int(args, "merged_queues") or 0,
+            _opt_int(args, "ack_ns"),
         )
         if row.merged_queues < 0:
             raise ValueError(f"chain {row.id}: merged_queues is {row.merged_queues}")
