@@ -14,7 +14,7 @@ from tracekit.bench.synthetic import synthetic_events
 from tracekit.errors import TraceFileError
 from tracekit.model.chains import Chain, Reconstruction
 from tracekit.model.events import RawEvent, read_events
-from tracekit.model.incremental import ChainBuilder, reconstruct
+from tracekit.model.incremental import ChainBuilder, _pending, reconstruct
 from tracekit.probes.spec import load_probe_set
 
 pytestmark = pytest.mark.unit
@@ -75,6 +75,7 @@ def _same(
     assert new.unmatched_acks == old.unmatched_acks
     assert new.dropped_pending == 0
     _d_follows_the_vcpu(events, new)
+    _every_queue_counted_once(events, new)
     if d:
         assert len(new.exits) == len(old.exits)
     assert len(new.entries) == len(old.entries)
@@ -82,6 +83,24 @@ def _same(
     assert [c.id for c in new.chains] == list(range(len(new.chains)))
     assert [c.ack.t for c in new.chains] == sorted(c.ack.t for c in new.chains)
     return new.chains
+
+
+def _every_queue_counted_once(events: list[RawEvent], recon: Reconstruction) -> None:
+    """Each pending queue is a chain's queue, merged into one (``merged_queues``), or not
+    acknowledged (``unacknowledged``, with its own merged ones): never lost, never twice.
+    (The reference knew no merges: it dropped later queues silently.)"""
+    queues = sum(
+        1
+        for e in events
+        if e.role == "queue"
+        and _pending(e)
+        and e.values.get("intid") is not None
+        and e.values.get("target_vcpu") is not None
+    )
+    chained = sum(1 + c.merged_queues for c in recon.chains if "A" in c.phases)
+    assert all(c.merged_queues == 0 for c in recon.chains if "A" not in c.phases)
+    unacked = sum(1 + u.merged_queues for u in recon.unacknowledged)
+    assert queues == chained + unacked, (queues, chained, unacked)
 
 
 def _d_follows_the_vcpu(events: list[RawEvent], recon: Reconstruction) -> None:
