@@ -24,6 +24,7 @@ from tracekit.model.chains import Chain, Entry, Exit, Unacked
 from tracekit.model.events import RawEvent
 from tracekit.model.l2truth import Window
 from tracekit.model.meta import RecordingMeta
+from tracekit.model.summary import l2_names
 from tracekit.model.table import ChainRow, ExitRow, UnackedRow, meta_args
 from tracekit.model.vocabulary import Role, Value
 from tracekit.probes.spec import ExitDecoder
@@ -82,6 +83,11 @@ class Exporter(TrackLayout):
         ] = {}
         self.meta_written = False
         self.d_titles: dict[tuple[int | None, int | None], str] = {}
+        #: A Linux L2's own IRQ names (" (virtio0-req.0)"), shown in chain titles.
+        self.l2_names = {
+            intid: f" ({name})"
+            for intid, name in (l2_names(meta.ground_truth) if meta.l2_window else {}).items()
+        }
 
     def meta_instant(self, t0: int) -> None:
         meta, gt = self.meta, self.meta.ground_truth
@@ -344,8 +350,8 @@ class Exporter(TrackLayout):
             next(self._order),
             start,
             chain.ack.t,
-            f"INTID {chain.intid} -> vCPU{chain.vcpu} #{chain.id}"
-            + ("" if not missing else " (partial)"),
+            f"INTID {chain.intid}{self.l2_names.get(chain.intid, '')} -> vCPU{chain.vcpu}"
+            f" #{chain.id}" + ("" if not missing else " (partial)"),
             args,
             (),
             False,  # unique per chain: interning would only add bytes

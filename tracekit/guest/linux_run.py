@@ -39,6 +39,8 @@ QEMU_STDERR = "TRACEKIT-L2-QEMU-STDERR "
 L2_INIT = "TRACEKIT-L2-INIT"
 L2_ERROR = "TRACEKIT-L2-ERROR "
 L2_STEP = "TRACEKIT-L2-STEP "
+#: L2 wrote its report to its disk (L1 prints it once the inner QEMU exited).
+L2_REPORT_ON_DISK = "TRACEKIT-L2-REPORT-ON-DISK"
 
 
 @dataclass(frozen=True)
@@ -159,28 +161,30 @@ def run_linux_l2(
                 steps.append((s[len(L2_STEP) :].partition(" ")[0], round(since(), 2)))
 
         line = qemu.wait_for_line(
-            [REPORT_BEGIN, QEMU_EXIT],
+            [L2_REPORT_ON_DISK, QEMU_EXIT],
             cfg.timeout_s,
             on_line=note,
             deadline_what="L2's report",
         )
         if line.startswith(QEMU_EXIT):
-            raise _inner_failure(qemu, line, "L2 printed its report")
+            raise _inner_failure(qemu, line, "L2 wrote its report")
+        t_report = since()
+        line = qemu.wait_for_line([QEMU_EXIT], 60, deadline_what="L2 to power off")
+        l1_exit = _json_tail(line, QEMU_EXIT).get("uptime_s")
+        # L1 prints the report from L2's disk once the inner QEMU has exited.
+        line = qemu.wait_for_line([REPORT_BEGIN, DONE], 60, deadline_what="L2's report")
+        if not line.startswith(REPORT_BEGIN):
+            raise VMError("L1 found no report on L2's disk", hint="see the L1 console")
         body: list[str] = []
-        line = qemu.wait_for_line(
-            [REPORT_END, QEMU_EXIT],
+        qemu.wait_for_line(
+            [REPORT_END],
             60,
             on_line=lambda s: body.append(s) if not s.startswith("TRACEKIT-") else None,
             deadline_what="the end of L2's report",
         )
-        if line.startswith(QEMU_EXIT):
-            raise _inner_failure(qemu, line, "L2 finished its report")
-        t_report = since()
         text = decode_report(body)
         (runtime.path / "l2-report.txt").write_text(text)
         report = parse_report(text)
-        line = qemu.wait_for_line([QEMU_EXIT], 60, deadline_what="L2 to power off")
-        l1_exit = _json_tail(line, QEMU_EXIT).get("uptime_s")
         try:
             qemu.wait_for_line([DONE], 30, deadline_what="L1 to finish")
         except VMError:

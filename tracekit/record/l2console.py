@@ -2,9 +2,11 @@
 
 After L1's ready line, ``guests/linux-l2/init-l1`` starts the inner QEMU
 (``TRACEKIT-L2-QEMU-START``); its stdout is L2's console, so L2's lines arrive on the same
-console: ``TRACEKIT-L2-INIT``, ``TRACEKIT-L2-STEP``, ``TRACEKIT-L2-ERROR`` and the report
-between ``TRACEKIT-L2-REPORT-BEGIN`` / ``-END``. When the inner QEMU ends, L1 prints
-``TRACEKIT-L2-QEMU-EXIT {"rc": N}`` and the last lines of its stderr, then its done line.
+console: ``TRACEKIT-L2-INIT``, ``TRACEKIT-L2-STEP``, ``TRACEKIT-L2-ERROR`` and
+``TRACEKIT-L2-REPORT-ON-DISK`` (its report, written to its disk). When the inner QEMU
+ends, L1 prints ``TRACEKIT-L2-QEMU-EXIT {"rc": N}``, the last lines of its stderr, L2's
+report from the disk image between ``TRACEKIT-L2-REPORT-BEGIN`` / ``-END``, then its
+done line.
 
 Each fault of this stack is one line naming what happened, with the inner QEMU's
 output and L2's console tail: the inner QEMU failing or dying (its exit before the
@@ -21,6 +23,7 @@ from tracekit.errors import VMError
 from tracekit.guest.linux_run import (
     L2_ERROR,
     L2_INIT,
+    L2_REPORT_ON_DISK,
     L2_STEP,
     QEMU_EXIT,
     QEMU_START,
@@ -37,13 +40,14 @@ PANIC = "Kernel panic"
 class L2Console:
     """Follows the Linux-L2 lines; :attr:`report` once L2's report arrived whole."""
 
-    def __init__(self, *, hang_s: float) -> None:
+    def __init__(self, *, hang_s: float, boot_s: float) -> None:
         self.report: L2Report | None = None
         self.report_text = ""
         #: Host seconds (monotonic) of the last L2 line; None before the inner QEMU.
         self.last_l2_line: float | None = None
         self.steps: list[str] = []
         self._hang_s = hang_s
+        self._boot_s = boot_s
         self._body: list[str] | None = None
         self._exit_rc: object = None
         self._stderr: list[str] = []
@@ -51,6 +55,7 @@ class L2Console:
         self._panic: str | None = None
         self._error: str | None = None
         self._reached_init = False
+        self.on_disk = False
 
     @property
     def started(self) -> bool:
@@ -75,9 +80,12 @@ class L2Console:
         if line.startswith(QEMU_START):
             self.last_l2_line = now
             return False
-        if self._exit_rc is not None:  # after the inner QEMU ended: its stderr, then done
+        if self._exit_rc is not None:
+            # After the inner QEMU ended: its stderr, L2's report from its disk, done.
             if line.startswith(QEMU_STDERR):
                 self._stderr.append(line[len(QEMU_STDERR) :].strip())
+            elif line.startswith(REPORT_BEGIN) and self.on_disk:
+                self._body = []
             elif line.startswith(DONE) and self.report is None:
                 raise self._failure()
             return False
@@ -90,8 +98,8 @@ class L2Console:
             self.steps.append(line[len(L2_STEP) :].partition(" ")[0])
         elif line.startswith(L2_ERROR):
             self._error = line[len(L2_ERROR) :].strip()
-        elif line.startswith(REPORT_BEGIN):
-            self._body = []
+        elif line.startswith(L2_REPORT_ON_DISK):
+            self.on_disk = True
         elif line.startswith(QEMU_EXIT):
             try:
                 self._exit_rc = json.loads(line[len(QEMU_EXIT) :]).get("rc", "?")
@@ -126,16 +134,20 @@ class L2Console:
 
         :raises VMError: naming the last step and L2's console tail.
         """
-        if self.last_l2_line is None or self.report is not None or self._exit_rc is not None:
+        if self.last_l2_line is None or self.on_disk or self._exit_rc is not None:
             return
-        if now - self.last_l2_line > self._hang_s:
+        # L2's boot is silent (quiet, loglevel=1) and, under debugger stops, slow: it
+        # has the L2 timeout of configs/linux-l2.toml; after its /init, L2 prints a line
+        # per workload step and has the stall timeout between them.
+        limit = self._hang_s if self._reached_init else self._boot_s
+        if now - self.last_l2_line > limit:
             where = (
                 f"after step {self.steps[-1]}"
                 if self.steps
                 else ("at its /init" if self._reached_init else "before its /init")
             )
             raise VMError(
-                f"L2 printed nothing for {self._hang_s:.0f} s {where} (hung L2?); "
+                f"L2 printed nothing for {limit:.0f} s {where} (hung L2?); "
                 f"L2's console: {' | '.join(self._l2_tail) or 'nothing'}; "
                 "the inner QEMU is still running (its stderr comes only when it exits)",
                 hint="the partial trace is kept; a longer --stall-timeout if L2 is just slow",

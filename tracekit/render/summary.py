@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tracekit.model.summary import matches as matches_ground_truth
+from tracekit.model.summary import window_matches
 
 __all__ = ["render_summary"]
 
@@ -37,7 +38,12 @@ def render_summary(s: dict[str, Any], width: int = 30) -> RenderableType:
     parts.append(Text(f"timebase: {s.get('timebase')}", style="dim"))
     if s.get("incomplete_reason"):
         parts.append(Text(f"INCOMPLETE: {s['incomplete_reason']}", style="bold red"))
-    t = Table(title="interrupt chains against the workload's ground truth")
+    l2 = s.get("l2_window")
+    t = Table(
+        title="interrupt chains against the workload's ground truth"
+        if l2 is None
+        else "interrupt chains against L2's own counts, over its measured window"
+    )
     for col in (
         "class",
         "ground truth",
@@ -50,7 +56,7 @@ def render_summary(s: dict[str, Any], width: int = 30) -> RenderableType:
     ):
         t.add_column(col, justify="left" if col in ("class", "") else "right")
     for cls, c in s["classes"].items():
-        ok = matches_ground_truth(c)
+        ok = matches_ground_truth(c) if l2 is None else window_matches(c)
         checked, matches = c.get("source_checked", 0), c.get("source_matches", 0)
         t.add_row(
             cls,
@@ -69,6 +75,8 @@ def render_summary(s: dict[str, Any], width: int = 30) -> RenderableType:
             else "",
         )
     parts.append(t)
+    if l2 is not None:
+        parts.append(_l2_window(l2))
     if s.get("source_mismatches"):
         parts.append(
             Text(
@@ -118,10 +126,12 @@ def render_summary(s: dict[str, Any], width: int = 30) -> RenderableType:
         )
     parts.append(ex)
     busy = Table(title="busiest INTIDs")
-    for col in ("INTID", "vCPU", "class", "chains"):
-        busy.add_column(col, justify="right" if col != "class" else "left")
+    named = any("name" in b for b in s["busiest_intids"])
+    for col in ("INTID", "vCPU", "class", "chains", *(("L2's name",) if named else ())):
+        busy.add_column(col, justify="right" if col not in ("class", "L2's name") else "left")
     for b in s["busiest_intids"]:
-        busy.add_row(str(b["intid"]), str(b["vcpu"]), b["class"], str(b["chains"]))
+        cells = [str(b["intid"]), str(b["vcpu"]), b["class"], str(b["chains"])]
+        busy.add_row(*cells, *((b.get("name", ""),) if named else ()))
     parts.append(busy)
     total = sum(s["time_in_phase_ns"].values()) or 1
     bars = Table(title="where the time goes (sum over chains)", show_header=False, box=None)
@@ -137,3 +147,31 @@ def render_summary(s: dict[str, Any], width: int = 30) -> RenderableType:
     if s.get("trace_problems"):
         parts.append(Text("trace problems: " + "; ".join(s["trace_problems"]), style="red"))
     return Group(*parts)
+
+
+def _l2_window(l2: dict[str, Any]) -> RenderableType:
+    """A Linux L2's per-(INTID, vCPU) check: the guest's own count against the
+    recording's acknowledgements in the window (and in the snapshots' brackets)."""
+    t = Table(
+        title=f"L2's /proc/interrupts over the window ({l2['window_ns'] / 1e6:.1f} ms of L1"
+        f" timeline; snapshot brackets {l2['brackets_ns'][0] / 1e3:.0f} /"
+        f" {l2['brackets_ns'][1] / 1e3:.0f} µs)"
+    )
+    for col in ("INTID", "vCPU", "L2's name", "class", "guest", "recorded", "in brackets", ""):
+        t.add_column(col, justify="left" if col in ("L2's name", "class", "") else "right")
+    for r in l2["intids"]:
+        exact = r["ok"] and not r["bracketed"]
+        verdict = (
+            "[green]equal[/]" if exact else "[green]within[/]" if r["ok"] else "[red]differs[/]"
+        )
+        t.add_row(
+            str(r["intid"]) if r["intid"] >= 0 else "?",
+            str(r["vcpu"]),
+            r["name"],
+            r["class"],
+            str(r["guest"]),
+            str(r["recorded"]),
+            str(r["bracketed"]),
+            verdict,
+        )
+    return t
