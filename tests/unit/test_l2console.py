@@ -57,12 +57,12 @@ def test_l2_panic_and_a_failed_module_are_named() -> None:
     c = L2Console(hang_s=60, boot_s=240)
     panic = "[    1.2] Kernel panic - not syncing: VFS: Unable to mount root fs"
     feed(c, [START[0], panic, 'TRACEKIT-L2-QEMU-EXIT {"rc":0}'])
-    with pytest.raises(VMError, match="L2 panicked before its /init: .*Kernel panic"):
+    with pytest.raises(VMError, match=r"L2 panicked before its /init: .*Kernel panic"):
         c.feed(DONE)
     c = L2Console(hang_s=60, boot_s=240)
     error = "TRACEKIT-L2-ERROR insmod tk-no-such-module.ko failed"
     feed(c, [*START, error, 'TRACEKIT-L2-QEMU-EXIT {"rc":0}'])
-    with pytest.raises(VMError, match="L2's init failed: insmod tk-no-such-module.ko failed"):
+    with pytest.raises(VMError, match=r"L2's init failed: insmod tk-no-such-module\.ko failed"):
         c.feed(DONE)
 
 
