@@ -393,6 +393,9 @@ def build_linux_l2(
         tmp = out.with_suffix(".tmp")
         tmp.write_bytes(initramfs.build_newc(unique.values()))
         tmp.replace(out)
+        for stale in out.parent.glob("l1-linux-l2-*.cpio"):  # ~90 MB each: keep one
+            if stale != out:
+                stale.unlink(missing_ok=True)
     assets = LinuxL2Assets(
         qemu_package=qemu.name,
         qemu_version=qemu.version,
