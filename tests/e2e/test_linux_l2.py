@@ -130,6 +130,10 @@ def test_a_chains_class_comes_from_its_a_path(cells: Cells, scenario: str, mode:
             assert row.source_kind in ("irq_line", "irqfd"), row
     wanted = "msi" if scenario == "linux-pci" else "virtual"
     assert any(r.cls == wanted and r.complete for r in table.chains)
+    if wanted == "msi":  # explain names the MSI the ITS translated and the path it took
+        walk = json.loads(run_tracekit("explain", str(out), "--class", "msi", "--json").stdout)
+        said = " ".join(step["what"] for step in walk["steps"] if step["phase"] == "A")
+        assert "translates DeviceID" in said and "path" in said, said
 
 
 @pytest.mark.parametrize("kernel", ["6.1", "6.12"])

@@ -61,6 +61,21 @@ def _source_steps(w: Walk, a: Slice, args: Mapping[str, Any], intid: int, vcpu: 
                     f" {hex_value(src.args.get('sgi1r'))}, SGI {intid} to vCPU{vcpu}"
                 ),
             )
+    elif src is not None and "devid" in src.args:
+        # The ITS translation (docs/phases.md "msi"): which MSI became this LPI, and how.
+        path = (
+            "fast path, the translation cache"
+            if fn == "vgic_its_inject_cached_translation"
+            else ("slow path, the ITS tables")
+        )
+        w.add(
+            "A",
+            src,
+            cpu=src_cpu,
+            vcpu=vcpu,
+            what=f"{args.get('source')}: {fn} ({path}) translates DeviceID"
+            f" {src.args.get('devid')} EventID {src.args.get('eventid')} to LPI {intid}",
+        )
     elif src is not None:
         w.add("A", src, cpu=src_cpu, vcpu=vcpu, what=f"{args.get('source')}: {fn} runs")
     else:
