@@ -174,6 +174,7 @@ class LinuxRecording(Recording):
     ("fault", "want", "also"),
     [
         ("qemu", "inner QEMU exited", "tk-no-such-device"),
+        ("die", "inner QEMU exited (code 137)", "before L2's report"),
         ("panic", "L2 panicked before its /init", "Kernel panic"),
         ("module", "L2's init failed", "insmod tk-no-such-module.ko failed"),
     ],
