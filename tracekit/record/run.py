@@ -107,6 +107,10 @@ class RunLoop:
             if self._stop_requested():
                 return console.truth, "interrupted"
             if vm.poll() is not None:
+                # Its last console lines first: a Linux L2's report or the line naming
+                # its fault may still sit in the reader when L1 powers off.
+                for line in vm.final_lines():
+                    console.feed(line)
                 if console.truth is not None:
                     return console.truth, "ground-truth"
                 raise_vm_exited(vm, self._stats)
