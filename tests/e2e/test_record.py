@@ -75,8 +75,13 @@ def test_chains_equal_ground_truth(mixed: dict[str, Any]) -> None:
 
 
 def test_read_values_mode_chains_equal_ground_truth(mixed_read: dict[str, Any]) -> None:
-    for cls, c in mixed_read["summary"]["classes"].items():
+    classes = mixed_read["summary"]["classes"]
+    for cls in ("hardware", "virtual", "ipi"):
+        c = classes[cls]
         assert c["complete_chains"] == c["ground_truth"] > 0, (cls, c)
+    # The payload sends no MSI: the msi class is there (the summary's shape), empty.
+    assert set(classes) == {"hardware", "virtual", "ipi", "msi"}
+    assert not any(classes["msi"].values()), classes["msi"]
 
 
 def test_inferred_values_agree_with_gdb_reads(mixed_read: dict[str, Any]) -> None:
