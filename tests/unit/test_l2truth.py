@@ -94,3 +94,51 @@ def test_check_window_inner_brackets_and_outside() -> None:
     # Acknowledged in the window but not counted by the guest.
     extra = check_window(gt, window, [(500, 40, 1)])
     assert any(c.intid == 40 and not c.ok for c in extra)
+
+
+def test_summary_of_a_linux_recording_counts_its_window() -> None:
+    """summarize_table with an L2 window: classes over the window only (chains by their
+    acknowledgement, unacknowledged queues by their time), brackets counted apart, the
+    per-(INTID, vCPU) table, L2's names on the busiest INTIDs."""
+    from tracekit.model.ground_truth import InterruptCount
+    from tracekit.model.meta import RecordingMeta
+    from tracekit.model.summary import summarize_table, window_matches
+    from tracekit.model.table import ChainRow, ChainTable, UnackedRow
+
+    phases = dict.fromkeys("ABCDEF", 10)
+    gt = GroundTruth(
+        "linux-pci", 2, 1, True, (),
+        (
+            InterruptCount("hardware", 27, 0, "arch_timer", 3, 3),
+            InterruptCount("msi", 8194, 1, "virtio0-req.1", 2, 2, msi=(8, 1)),
+        ),
+        (), 0, 0, {},
+    )  # fmt: skip
+    window = Window(100, 110, 1000, 1010)
+
+    def row(i: int, intid: int, vcpu: int, cls: str, ack: int, merged: int = 0) -> ChainRow:
+        return ChainRow(i, cls, intid, vcpu, "s", phase_ns=phases, merged_queues=merged, ack_ns=ack)
+
+    chains = (
+        row(1, 27, 0, "hardware", 50),  # before the window: not counted
+        row(2, 27, 0, "hardware", 200),
+        row(3, 27, 0, "hardware", 300, merged=1),
+        row(4, 27, 0, "hardware", 1005),  # in the end bracket: may be in the guest's 3
+        row(5, 8194, 1, "msi", 400),
+        row(6, 8194, 1, "msi", 500),
+        row(7, 8194, 1, "msi", 2000),  # after
+    )
+    unacked = (UnackedRow(600, 27, 1, "hardware"), UnackedRow(5000, 27, 0, "hardware"))
+    meta = RecordingMeta(scenario="linux-pci", ground_truth=gt, l2_window=window)
+    s = summarize_table(ChainTable(meta, 1, chains, (), unacked))
+    hw, msi = s["classes"]["hardware"], s["classes"]["msi"]
+    assert (hw["ground_truth"], hw["complete_chains"], hw["merged_chains"]) == (3, 1, 1)
+    assert (hw["bracketed"], hw["unacknowledged"]) == (1, 1)
+    assert (msi["ground_truth"], msi["complete_chains"], msi["bracketed"]) == (2, 2, 0)
+    assert window_matches(hw) and window_matches(msi)
+    l2 = s["l2_window"]
+    assert l2["ok"] and l2["exact"] == 1  # the timer is within its bracket, the MSI exact
+    by = {(r["intid"], r["vcpu"]): r for r in l2["intids"]}
+    assert (by[(27, 0)]["recorded"], by[(27, 0)]["bracketed"]) == (2, 1)
+    names = {b["intid"]: b.get("name") for b in s["busiest_intids"]}
+    assert names == {27: "arch_timer", 8194: "virtio0-req.1"}
