@@ -50,6 +50,27 @@ class RunLoop:
         self._stop_requested = stop_requested
         self._on_update = on_update
 
+    def _vm_gone(
+        self, vm: Vm, console: ConsoleWatcher, *, gdb_lost: str | None = None
+    ) -> tuple[GroundTruth | None, str]:
+        """QEMU exited (or GDB lost it): its last console lines first, then the cause.
+
+        When L1 prints its last lines and powers off, those lines may still sit in the
+        console reader when the exit is noticed (by poll() or by GDB, whichever is
+        first): a Linux L2's report, or the line naming its fault (l2console.py). A
+        clean Debian 13 root once named such an L2 panic L1's, and a finished L2 "QEMU
+        exited before the ground truth".
+
+        :raises TracekitError: the cause, when the lines do not end the recording.
+        """
+        lines = vm.final_lines() if vm.poll() is not None else vm.drain_lines()
+        self._stats.console_tail = [*self._stats.console_tail, *lines][-8:]
+        for line in lines:
+            console.feed(line)  # may raise: the L2's own failure, an L1 error line
+        if console.truth is not None:
+            return console.truth, "ground-truth"
+        raise_vm_exited(vm, self._stats, gdb_lost=gdb_lost)
+
     def run(
         self, vm: Vm, debugger: Debugger, monitor: Monitor, stops: StopHandler
     ) -> tuple[GroundTruth | None, str]:
@@ -75,7 +96,7 @@ class RunLoop:
                         # GDB notices a dead QEMU first; name the real cause when it is that.
                         with contextlib.suppress(VMError):
                             vm.wait(5.0)
-                        raise_vm_exited(vm, self._stats, gdb_lost=lost)
+                        return self._vm_gone(vm, console, gdb_lost=lost)
                     # A busy guest keeps GDB talking without pause: hand control back to
                     # the rest of the loop (console, Ctrl-C, deadlines) at least every 100 ms.
                     if last_progress - batch_start > 0.1:
@@ -88,7 +109,7 @@ class RunLoop:
                 with contextlib.suppress(VMError):
                     vm.wait(5.0)
                 if vm.poll() is not None:
-                    raise_vm_exited(vm, self._stats)
+                    return self._vm_gone(vm, console)
                 raise
             for line in vm.drain_lines():
                 last_progress = time.monotonic()
@@ -107,13 +128,7 @@ class RunLoop:
             if self._stop_requested():
                 return console.truth, "interrupted"
             if vm.poll() is not None:
-                # Its last console lines first: a Linux L2's report or the line naming
-                # its fault may still sit in the reader when L1 powers off.
-                for line in vm.final_lines():
-                    console.feed(line)
-                if console.truth is not None:
-                    return console.truth, "ground-truth"
-                raise_vm_exited(vm, self._stats)
+                return self._vm_gone(vm, console)
             if deadlines.run is None and now > deadlines.boot:
                 raise VMError(f"L1 did not boot within {profile.boot_timeout_s} s")
             if deadlines.run is not None and console.truth is None and now > deadlines.run:
