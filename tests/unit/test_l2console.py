@@ -84,3 +84,58 @@ def test_a_silent_l2_is_a_hang_with_the_boot_and_the_step_limits() -> None:
         c.check_hang(c.last_l2_line + 11)
     c.feed("TRACEKIT-L2-REPORT-ON-DISK")
     c.check_hang(1e12)  # done: L1 prints the report
+
+
+class _GoneVm:
+    """A QEMU that has exited with its last console lines still in the reader."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self._lines = lines
+        self.console_tail: list[str] = []
+
+    def poll(self) -> int:
+        return 0
+
+    def final_lines(self) -> list[str]:
+        out, self._lines = self._lines, []
+        self.console_tail += out
+        return out
+
+    def drain_lines(self) -> list[str]:
+        return self.final_lines()
+
+    def stderr_tail(self) -> str:
+        return ""
+
+
+@pytest.mark.parametrize("gdb_lost", [None, "Remote connection closed"])
+def test_the_last_lines_are_read_before_an_exit_is_named(gdb_lost: str | None) -> None:
+    """L1 printed the inner QEMU's exit, L2's panic and its done line, then powered off:
+    whichever noticed first (poll or GDB), the L2 panic is named, not L1's."""
+    from tracekit.config import load_machine, load_scenarios
+    from tracekit.guest.runner import validate_request
+    from tracekit.record.console import ConsoleWatcher
+    from tracekit.record.metadata import RunFacts
+    from tracekit.record.options import LiveStats, RecordOptions
+    from tracekit.record.run import RunLoop
+
+    spec = load_scenarios().get("linux-pci")
+    opts = RecordOptions(validate_request(spec, None, 2), load_machine("vhe"), Path("x.pftrace"))
+    stats, facts = LiveStats(), RunFacts()
+    loop = RunLoop(
+        opts, stats, facts, raw_dir=Path("."), gdb="gdb", stamps=None,  # type: ignore[arg-type]
+        stop_requested=lambda: False, on_update=lambda _s: None,
+    )  # fmt: skip
+    console = ConsoleWatcher(opts, stats, facts)
+    ready = 'TRACEKIT-L1-READY {"kernel":"6.1.0","kvm_mode":"vhe","dev_kvm":"yes","uptime_s":1}'
+    console.feed(ready)
+    console.feed('TRACEKIT-L2-QEMU-START {"uptime_s":0.9}')
+    vm = _GoneVm(
+        [
+            "[    0.82] Kernel panic - not syncing: VFS: Unable to mount root fs",
+            'TRACEKIT-L2-QEMU-EXIT {"rc":0}',
+            DONE,
+        ]
+    )
+    with pytest.raises(VMError, match="L2 panicked before its /init"):
+        loop._vm_gone(vm, console, gdb_lost=gdb_lost)  # type: ignore[arg-type]
