@@ -536,6 +536,28 @@ def table_of(recon: Reconstruction, describe: Describe, meta: RecordingMeta) -> 
     )
 
 
+def _read_rows(
+    items: Iterable[Mapping[str, Any]],
+    parsers: Mapping[str, tuple[Callable[[Mapping[str, Any]], Any], list[Any]]],
+    where: str,
+    problems: list[str],
+) -> None:
+    """Each item marked with a row kind of ``parsers``, parsed into that kind's list; an
+    unknown kind or an unreadable row is a problem, never a silent skip."""
+    for args in items:
+        kind = args.get(ROW_ARG)
+        if kind is None:
+            continue
+        parser = parsers.get(kind)
+        try:
+            if parser is None:
+                problems.append(f"unknown table row kind {kind!r}{where}")
+            else:
+                parser[1].append(parser[0](args))
+        except ValueError as exc:
+            problems.append(f"{kind} row unreadable: {exc}")
+
+
 def read_table(
     instants: Iterable[Mapping[str, Any]], slices: Iterable[Mapping[str, Any]]
 ) -> tuple[ChainTable, list[str]]:
@@ -563,28 +585,12 @@ def read_table(
     unacked: list[UnackedRow] = []
     if version != SCHEMA_VERSION:  # rows of another schema would be misread
         return ChainTable(meta, version), problems
-    for args in instants:
-        kind = args.get(ROW_ARG)
-        if kind is None:
-            continue
-        try:
-            if kind == UNACKED_ROW:
-                unacked.append(UnackedRow.from_args(args))
-            else:
-                problems.append(f"unknown table row kind {kind!r} on an instant")
-        except ValueError as exc:
-            problems.append(f"{kind} row unreadable: {exc}")
-    for args in slices:
-        kind = args.get(ROW_ARG)
-        if kind is None:
-            continue
-        try:
-            if kind == CHAIN_ROW:
-                chains.append(ChainRow.from_args(args))
-            elif kind == EXIT_ROW:
-                exits.append(ExitRow.from_args(args))
-            else:
-                problems.append(f"unknown table row kind {kind!r}")
-        except ValueError as exc:
-            problems.append(f"{kind} row unreadable: {exc}")
+    # Rows by kind, on instants (unacknowledged queues) and on slices (chains, exits).
+    _read_rows(instants, {UNACKED_ROW: (UnackedRow.from_args, unacked)}, " on an instant", problems)
+    _read_rows(
+        slices,
+        {CHAIN_ROW: (ChainRow.from_args, chains), EXIT_ROW: (ExitRow.from_args, exits)},
+        "",
+        problems,
+    )
     return _canonical(meta, version, chains, exits, unacked), problems
