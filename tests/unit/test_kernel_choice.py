@@ -162,3 +162,37 @@ def test_record_refuses_a_kernel_the_probe_set_is_not_for(
     assert "6.6.13+bpo-cloud-arm64" in out.stderr and "6.1" in out.stderr
     assert "--probes" in out.stderr
     assert not (tmp_path / "t.raw").exists(), "nothing may be recorded with the wrong probes"
+
+
+@pytest.mark.unit
+def test_a_cached_layout_follows_the_probe_sets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel cached before a probe set read a new member (the msi class's kvm_msi) has
+    its layout re-read from its Image's BTF, once; CI found such a cache."""
+    from tracekit.guest import kernel
+    from tracekit.kernel import btf
+    from tracekit.probes.spec import load_probe_set
+
+    parsed: list[bytes] = []
+    monkeypatch.setattr(btf, "find_btf_blob", lambda data, source="": data)
+    monkeypatch.setattr(btf.Btf, "parse", staticmethod(lambda blob: parsed.append(blob) or blob))
+    monkeypatch.setattr(
+        btf, "extract_layout", lambda _btf, paths: {p: {"offset": 0, "size": 4} for p in paths}
+    )
+    (tmp_path / "Image").write_bytes(b"btf")
+    (tmp_path / "layout.json").write_text(json.dumps({"vgic_irq.intid": {"offset": 0}}))
+    meta = {
+        "family": "6.1",
+        "image": str(tmp_path / "Image"),
+        "layout": str(tmp_path / "layout.json"),
+    }
+    (tmp_path / kernel.KERNEL_META).write_text(json.dumps(meta))
+
+    kernel._cached_kernel(tmp_path)
+    kernel._cached_kernel(tmp_path)
+
+    layout = json.loads((tmp_path / "layout.json").read_text())
+    assert set(layout) == set(load_probe_set("linux-6.1").btf_members())
+    assert "kvm_msi.devid" in layout
+    assert parsed == [b"btf"]  # the second read found the cache current
