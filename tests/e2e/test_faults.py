@@ -143,8 +143,10 @@ def test_guest_hang_is_detected(tmp_path: Path, guest_assets: object) -> None:
     rec = Recording(tmp_path, "--stall-timeout", "5")
     kids = rec.wait_for_hits()
     os.kill(kids["qemu"], signal.SIGSTOP)  # nothing progresses any more
-    rc, err, took = rec.finish(timeout=180)
-    assert took < 120
+    # The stall watchdog's own line proves it fired (the run's deadline would say
+    # "timeout"); no wall-time bound: attaching GDB to the stopped QEMU for stall.txt took
+    # up to 126 s on a machine running a second test suite beside this one.
+    rc, err, _ = rec.finish(timeout=300)
     check_aftermath(rec, rc, err, "no progress")
 
 
