@@ -157,14 +157,16 @@ def _cached_kernel(kdir: Path) -> dict[str, str | int] | None:
         version = read_kernel_version(Path(str(meta["image"])).read_bytes())
         meta = {**meta, "family": version.family, "banner": version.banner}
         meta_path.write_text(json.dumps(meta, indent=1))
-    if meta.get("layout_members") != _members_digest(_probed_members(str(meta["family"]))[1]):
+    mine, members = _probed_members(str(meta["family"]))
+    digest = _members_digest(members)
+    if meta.get("layout_members") != digest:
         # The probe sets read more (or other) members than when this kernel was cached
         # (a new capture, e.g. the msi class's struct kvm_msi): the cached layout is
         # re-read from the Image's own BTF, so the cache never lags the probe sets.
         from tracekit.kernel import btf
 
         parsed = btf.Btf.parse(btf.find_btf_blob(Path(str(meta["image"])).read_bytes()))
-        layout, digest = _layout_for_probes(parsed, str(meta["family"]))
+        layout = _layout_for_probes(parsed, mine, members)
         Path(str(meta["layout"])).write_text(json.dumps(layout, indent=1, sort_keys=True))
         meta = {**meta, "layout_members": digest}
         meta_path.write_text(json.dumps(meta, indent=1))
@@ -189,17 +191,13 @@ def _members_digest(members: set[str]) -> str:
     return hashlib.sha256("\n".join(sorted(members)).encode()).hexdigest()[:16]
 
 
-def _layout_for_probes(parsed: Any, family: str) -> tuple[dict[str, dict[str, int]], str]:
-    """Offsets of every member :func:`_probed_members` names, and the digest of that list
-    (kept in the kernel's meta to tell a stale cache). The set written for ``family`` must
+def _layout_for_probes(parsed: Any, mine: bool, members: set[str]) -> dict[str, dict[str, int]]:
+    """Offsets of ``members`` (:func:`_probed_members`). A kernel's own set (``mine``) must
     resolve whole; for a kernel without one, what resolves of all sets is kept
     (`probes check` names the rest)."""
     from tracekit.kernel import btf
 
-    mine, members = _probed_members(family)
-    digest = _members_digest(members)
     if mine:
-        return btf.extract_layout(parsed, sorted(members)), digest
         return btf.extract_layout(parsed, sorted(members))
     layout: dict[str, dict[str, int]] = {}
     for member in sorted(members):
@@ -207,7 +205,7 @@ def _layout_for_probes(parsed: Any, family: str) -> tuple[dict[str, dict[str, in
             layout |= btf.extract_layout(parsed, [member])
         except SymbolError:
             continue
-    return layout, digest
+    return layout
 
 
 def _store_kernel(
@@ -237,7 +235,8 @@ def _store_kernel(
         )
     report("reading struct layouts from BTF")
     parsed = btf.Btf.parse(btf.find_btf_blob(data, source=source))
-    layout, members_digest = _layout_for_probes(parsed, kernel.family)
+    mine, members = _probed_members(kernel.family)
+    layout = _layout_for_probes(parsed, mine, members)
     kdir.mkdir(parents=True, exist_ok=True)
     image = kdir / "Image"
     image.write_bytes(data)
@@ -254,7 +253,7 @@ def _store_kernel(
         "config": str(kdir / "config"),
         "symbols": str(kdir / "symbols.json"),
         "layout": str(kdir / "layout.json"),
-        "layout_members": members_digest,
+        "layout_members": _members_digest(members),
         "symbol_count": len(symbols),
     }
     (kdir / KERNEL_META).write_text(json.dumps(meta, indent=1))
